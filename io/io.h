@@ -1,0 +1,177 @@
+/* io.h - everything that touches files: vocabularies, corpora, token shards, HDF5
+ * checkpoints, metrics logs.
+ *
+ * The only module that includes <hdf5.h>. It never includes models/: parameters arrive
+ * as a flat float buffer plus a table of (name, offset, shape). Functions return IO_OK or
+ * a negative enum io_status and leave a one-line message (file, position, what was
+ * expected) in io_error(). Nothing here writes a file under its final name until it is
+ * complete: writers go to a temporary name, fsync, rename, fsync the directory. */
+#ifndef IO_IO_H
+#define IO_IO_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum io_status {
+    IO_OK = 0,
+    IO_ERR_OPEN = -1,     /* cannot open / create / rename */
+    IO_ERR_READ = -2,     /* short read, I/O error */
+    IO_ERR_WRITE = -3,    /* short write, disk full, fsync failed */
+    IO_ERR_FORMAT = -4,   /* malformed content: bad magic, bad line, bad checksum */
+    IO_ERR_SHAPE = -5,    /* a checkpoint disagrees with the model (names, shapes) */
+    IO_ERR_VERSION = -6,  /* unsupported format version */
+    IO_ERR_NOMEM = -7,
+    IO_ERR_NOTFOUND = -8  /* no such file / no checkpoint in a directory */
+};
+const char *io_status_str(int status);
+const char *io_error(void);                 /* message of the last failure, or "" */
+void io_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Special ids, equal to NN_PAD/NN_UNK/NN_BOS/NN_EOS in models/ (the trainer checks). */
+#define IO_PAD 0
+#define IO_UNK 1
+#define IO_BOS 2
+#define IO_EOS 3
+#define IO_N_SPECIAL 4
+
+/* ---- vocabularies ------------------------------------------------------------------- */
+/* Words <-> ids. Ids 0..3 are "<pad>", "<unk>", "<s>", "</s>" in token vocabularies;
+ * label vocabularies (specials = 0) have none. */
+typedef struct io_vocab {
+    int n;           /* number of entries */
+    char **word;     /* (n) NUL-terminated, owned */
+    int64_t *count;  /* (n) training-set frequency (0 for specials) */
+    int *slot;       /* open-addressing hash table of ids, cap entries, -1 empty */
+    int cap;
+} io_vocab;
+
+void io_vocab_free(io_vocab *v);                    /* zero-safe, idempotent */
+int io_vocab_init(io_vocab *v, int specials);       /* empty; specials 1 adds the four */
+/* Adds word (len bytes) if absent, adding cnt to its count; returns its id or < 0. */
+int io_vocab_add(io_vocab *v, const char *w, size_t len, int64_t cnt);
+int io_vocab_lookup(const io_vocab *v, const char *w, size_t len); /* id or -1 */
+/* Keeps specials, then words with count >= min_count, most frequent first (ties by
+ * bytes), at most max_size entries in all (0: no limit). Rebuilds ids. */
+int io_vocab_prune(io_vocab *v, int64_t min_count, int max_size);
+/* Serialise to / from one buffer of NUL-separated words (for broadcast). Caller frees. */
+int io_vocab_pack(const io_vocab *v, char **buf, size_t *len);
+int io_vocab_unpack(io_vocab *v, const char *buf, size_t len);
+
+/* ---- text corpora ------------------------------------------------------------------- */
+/* Text formats (UTF-8, one example per line, tokens separated by single spaces,
+ * produced by scripts/):
+ *   IO_TEXT_CLASSIFY   "label<TAB>tok tok tok"
+ *   IO_TEXT_PARALLEL   "src tok tok<TAB>tgt tok tok"
+ *   IO_TEXT_PLAIN      "tok tok tok" (language modelling: lines are concatenated, each
+ *                      followed by </s>) */
+enum io_text_kind { IO_TEXT_CLASSIFY = 1, IO_TEXT_PARALLEL = 2, IO_TEXT_PLAIN = 3 };
+
+/* Streams path once and counts tokens (source side into src, target side into tgt,
+ * labels into labels; pass NULL for sides not wanted). Bounded memory: the tables only.
+ * A malformed line gives IO_ERR_FORMAT naming path:line. */
+int io_text_count(const char *path, int kind, io_vocab *src, io_vocab *tgt, io_vocab *labels);
+
+/* ---- token shards ------------------------------------------------------------------- */
+/* A binary file of encoded examples, memory-mapped for reading so that a rank touches
+ * only the examples it uses. Layout (little-endian):
+ *   header  "LSTKSHRD" magic, u32 version, u32 kind, i64 n, i64 n_tok, i64 n_tok_tgt,
+ *           u64 checksum (FNV-1a 64 over everything after the header), pad to 64 bytes
+ *   i64 off[n+1]        source token offsets
+ *   i32 ids[n_tok]
+ *   i64 off_tgt[n+1], i32 ids_tgt[n_tok_tgt]   (parallel only)
+ *   i32 label[n]                               (classify only) */
+typedef struct io_shard {
+    int kind;
+    int64_t n, n_tok, n_tok_tgt;
+    const int64_t *off;
+    const int32_t *ids;
+    const int64_t *off_tgt;
+    const int32_t *ids_tgt;
+    const int32_t *label;
+    void *map;
+    size_t map_len;
+} io_shard;
+
+/* Encodes a text corpus with the given vocabularies (unknown words -> IO_UNK; unknown
+ * labels are IO_ERR_FORMAT) into a shard at dst, atomically. max_len > 0 truncates
+ * source and target sequences to max_len tokens. Streaming, bounded memory. */
+int io_shard_encode(const char *src_path, int kind, const io_vocab *src, const io_vocab *tgt,
+                    const io_vocab *labels, int max_len, const char *dst_path);
+/* Maps a shard, checks magic, version, sizes (and the checksum when verify != 0). */
+int io_shard_open(io_shard *s, const char *path, int verify);
+void io_shard_close(io_shard *s); /* zero-safe, idempotent */
+
+/* ---- checkpoints (HDF5) ------------------------------------------------------------- */
+#define IO_CKPT_FORMAT "lockstep-checkpoint"
+#define IO_CKPT_VERSION 1
+#define IO_MAX_DIMS 4
+
+typedef struct io_tensor {
+    const char *name;   /* slash path: dataset /params/<name> */
+    size_t offset;      /* floats into the flat buffer */
+    int ndim;
+    int shape[IO_MAX_DIMS];
+} io_tensor;
+
+typedef struct io_train_state {
+    int64_t step, epoch, tokens_seen, examples_seen;
+    int64_t world_size;     /* ranks that wrote it */
+    int64_t data_pos;       /* position in the data order (examples or tokens consumed) */
+    double best_metric;     /* best validation metric so far */
+    int64_t best_step;
+    int64_t bad_evals;      /* evaluations without improvement (early stopping) */
+} io_train_state;
+
+typedef struct io_ckpt {
+    const char *model;            /* model name (root attribute "model") */
+    int n_tensors;
+    const io_tensor *tensors;
+    size_t n_floats;              /* length of params and of each slot buffer */
+    float *params;                /* (n_floats) written from / read into */
+    int n_slots;                  /* optimizer slots: "m", "v", ... */
+    const char *const *slot_names;
+    float *const *slots;          /* (n_slots) buffers of n_floats */
+    int n_config;                 /* configuration as given: keys and values */
+    char **config_keys, **config_vals; /* read: allocated by io, freed by io_ckpt_release */
+    io_train_state train;
+    int n_vocabs;
+    const char *const *vocab_names;   /* "src", "tgt", "labels" */
+    io_vocab *vocabs;             /* read: filled (caller frees each) */
+    const char *metrics;          /* evaluation history as JSON lines (may be NULL) */
+    char *metrics_read;           /* read: allocated copy, freed by io_ckpt_release */
+} io_ckpt;
+
+/* Writes ck to path atomically (path.tmp.<pid>, flush, fsync, rename, fsync dir). On any
+ * failure the temporary file is removed and nothing under path changes. */
+int io_ckpt_write(const char *path, const io_ckpt *ck);
+/* Reads path into ck, whose tensors/params/slots describe what the model expects.
+ * Refuses (IO_ERR_SHAPE / IO_ERR_VERSION / IO_ERR_FORMAT) with io_error() naming the
+ * first disagreement: format, version, model name, a missing or extra parameter, a
+ * shape. Reads config, train state, vocabularies and metrics too. */
+int io_ckpt_read(const char *path, io_ckpt *ck);
+void io_ckpt_release(io_ckpt *ck); /* frees what io_ckpt_read allocated */
+/* Reads only the model name and configuration (to rebuild a model before reading). */
+int io_ckpt_peek(const char *path, char **model, int *n_config, char ***keys, char ***vals);
+/* Prints a human summary (model, step, tensors with shapes and sizes, configuration). */
+int io_ckpt_info(const char *path, void *file /* FILE* */);
+
+/* Run directories: checkpoints are <dir>/ckpt_<step>.h5 (step zero-padded to 8). */
+/* Newest complete checkpoint in dir into out (size outlen); IO_ERR_NOTFOUND if none. */
+int io_ckpt_latest(const char *dir, char *out, size_t outlen);
+/* Deletes all but the newest keep checkpoints (never best.h5). keep <= 0 keeps all. */
+int io_ckpt_prune(const char *dir, int keep);
+
+/* ---- metrics log -------------------------------------------------------------------- */
+/* Appends one JSON object per line to <dir>/metrics.jsonl; flushed after every line. */
+typedef struct io_log { void *fp; } io_log;
+int io_log_open(io_log *l, const char *dir, int append);
+int io_log_write(io_log *l, const char *json_object);
+void io_log_close(io_log *l);
+
+/* Creates dir and parents (mkdir -p). */
+int io_mkdirs(const char *dir);
+/* Atomically writes a whole small file (temp, fsync, rename). */
+int io_write_file_atomic(const char *path, const void *data, size_t n);
+const char *io_hdf5_version(void);
+
+#endif
