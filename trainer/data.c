@@ -1,0 +1,482 @@
+/* data.c - from corpus files to micro-batches.
+ *
+ * Rank 0 builds the vocabularies (one streaming pass over the training text) and encodes
+ * every split into a token shard under <out>/data; the other ranks wait, receive the
+ * vocabularies, and memory-map the shards, so a rank only ever touches the pages of the
+ * examples it is given. Every data kind is reduced to "examples 0..n-1" so that the
+ * training loop's ordering and sharding logic is shared:
+ *   classify  one line = one example (tokens, label)
+ *   parallel  one line = one example (source tokens, target tokens + </s>)
+ *   lm        the concatenated token stream cut into windows of seq-len (+1 for targets)
+ *   dense     one row of a 2-D float32 HDF5 dataset (+ an int32 label when present)
+ * This file does not decide the order of examples (train.c does) and never shuffles. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "trainer/trainer.h"
+
+_Static_assert(IO_PAD == NN_PAD && IO_UNK == NN_UNK && IO_BOS == NN_BOS && IO_EOS == NN_EOS,
+               "io and models must agree on special token ids");
+
+static int kind_of(const char *data_kind) {
+    if (strcmp(data_kind, "classify") == 0) return IO_TEXT_CLASSIFY;
+    if (strcmp(data_kind, "parallel") == 0) return IO_TEXT_PARALLEL;
+    if (strcmp(data_kind, "lm") == 0) return IO_TEXT_PLAIN;
+    if (strcmp(data_kind, "dense") == 0) return TRAINER_DENSE;
+    return -1;
+}
+
+/* ---- agreement helpers --------------------------------------------------------------- */
+
+/* Collective: rank 0's status and message reach every rank. */
+static int agree(const comm *c, int rc) {
+    int buf[2] = {rc, 0};
+    comm_bcast_bytes(c, buf, sizeof buf, 0);
+    if (buf[0] < 0) {
+        char msg[1024] = {0};
+        if (c->rank == 0) snprintf(msg, sizeof msg, "%s", nn_error());
+        comm_bcast_bytes(c, msg, sizeof msg, 0);
+        if (c->rank != 0) nn_set_error("%s", msg);
+    }
+    return buf[0];
+}
+
+static int from_io(int rc) {
+    if (rc >= 0) return NN_OK;
+    nn_set_error("%s", io_error());
+    return NN_ERR_DATA;
+}
+
+static int bcast_vocab(const comm *c, io_vocab *v) {
+    char *buf = NULL;
+    size_t len = 0;
+    int rc = 0;
+    if (c->rank == 0) rc = io_vocab_pack(v, &buf, &len);
+    uint64_t n = (uint64_t)len;
+    comm_bcast_bytes(c, &n, sizeof n, 0);
+    if (c->rank != 0) {
+        buf = malloc(n ? n : 1);
+        if (!buf) rc = -1;
+    }
+    if (comm_any(c, rc < 0)) {
+        free(buf);
+        nn_set_error("out of memory broadcasting a vocabulary");
+        return NN_ERR_NOMEM;
+    }
+    comm_bcast_bytes(c, buf, (size_t)n, 0);
+    if (c->rank != 0) {
+        io_vocab_free(v);
+        rc = io_vocab_unpack(v, buf, (size_t)n);
+    }
+    free(buf);
+    if (comm_any(c, rc < 0)) {
+        nn_set_error("cannot unpack a broadcast vocabulary");
+        return NN_ERR_DATA;
+    }
+    return NN_OK;
+}
+
+/* ---- shards ---------------------------------------------------------------------------- */
+
+/* A stamp names the sources and vocabularies a shard set was built from; a matching stamp
+ * lets a restart skip re-encoding. */
+static uint64_t vocab_hash(const io_vocab *v, uint64_t h) {
+    for (int i = 0; i < v->n; i++)
+        for (const char *p = v->word[i]; ; p++) {
+            h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+            if (!*p) break;
+        }
+    return h;
+}
+
+static void stamp_line(char *out, size_t n, const char *path) {
+    struct stat st;
+    if (path && *path && stat(path, &st) == 0)
+        snprintf(out, n, "%s %lld %lld\n", path, (long long)st.st_size,
+                 (long long)st.st_mtime);
+    else
+        snprintf(out, n, "%s -\n", path ? path : "");
+}
+
+static int read_small(const char *path, char *buf, size_t cap) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, cap - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return (int)n;
+}
+
+static int shard_path(char *out, size_t n, const char *dir, const char *split) {
+    int k = snprintf(out, n, "%s/data/%s.shard", dir, split);
+    if (k < 0 || (size_t)k >= n) {
+        nn_set_error("run directory path too long: %s", dir);
+        return NN_ERR_CONFIG;
+    }
+    return NN_OK;
+}
+
+/* ---- init ---------------------------------------------------------------------------- */
+
+static int dense_split(trainer_split *s, const char *spec, const char *default_group) {
+    memset(s, 0, sizeof *s);
+    s->kind = TRAINER_DENSE;
+    s->dense_path = strdup(spec);
+    if (!s->dense_path) return NN_ERR_NOMEM;
+    char *colon = strrchr(s->dense_path, ':');
+    const char *group = default_group;
+    if (colon && strstr(colon, ".h5") == NULL) {
+        *colon = 0;
+        group = colon + 1;
+    }
+    snprintf(s->dense_group, sizeof s->dense_group, "%s", group);
+    char ds[64];
+    snprintf(ds, sizeof ds, "%s/x", s->dense_group);
+    int64_t rows = 0, cols = 0;
+    if (io_dense_info(s->dense_path, ds, &rows, &cols) < 0) return from_io(-1);
+    s->n = rows;
+    s->dense_cols = cols;
+    snprintf(ds, sizeof ds, "%s/y", s->dense_group);
+    int64_t lr = 0, lc = 0;
+    s->has_labels = 0;
+    int32_t probe;
+    if (rows > 0 && io_dense_read_labels(s->dense_path, ds, 0, 1, &probe) == IO_OK) {
+        (void)lr;
+        (void)lc;
+        s->has_labels = 1;
+    }
+    return NN_OK;
+}
+
+static int max_seq(const int64_t *off, int64_t n) {
+    int64_t m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (off[i + 1] - off[i] > m) m = off[i + 1] - off[i];
+    return (int)m;
+}
+
+int trainer_data_init(trainer_data *d, const comm *c, const nn_config *cfg,
+                      const nn_model_ops *ops, io_vocab *vocab_from, int n_vocab_from,
+                      int micro_batch) {
+    memset(d, 0, sizeof *d);
+    d->kind = kind_of(ops->data_kind);
+    if (d->kind < 0) {
+        nn_set_error("model %s has unknown data kind '%s'", ops->name, ops->data_kind);
+        return NN_ERR_CONFIG;
+    }
+    const char *train = nn_config_get(cfg, "data");
+    const char *valid = nn_config_get(cfg, "valid");
+    const char *test = nn_config_get(cfg, "test");
+    const char *out = nn_config_get(cfg, "out");
+    long vocab_size, min_count, max_len, seq_len;
+    int rc;
+    if ((rc = nn_config_int(cfg, "vocab-size", 20000, &vocab_size)) < 0 ||
+        (rc = nn_config_int(cfg, "min-count", 2, &min_count)) < 0 ||
+        (rc = nn_config_int(cfg, "max-len", 200, &max_len)) < 0 ||
+        (rc = nn_config_int(cfg, "seq-len", 64, &seq_len)) < 0)
+        return rc;
+    if (!train || !*train) {
+        nn_set_error("--data is required: the training corpus");
+        return NN_ERR_CONFIG;
+    }
+    if (vocab_size < IO_N_SPECIAL + 1 || min_count < 1 || max_len < 0 || seq_len < 1) {
+        nn_set_error("need --vocab-size > %d, --min-count >= 1, --max-len >= 0, --seq-len >= 1",
+                     IO_N_SPECIAL);
+        return NN_ERR_CONFIG;
+    }
+    d->has_valid = valid && *valid;
+    d->has_test = test && *test;
+    d->max_len = (int)max_len;
+
+    if (d->kind == TRAINER_DENSE) {
+        rc = dense_split(&d->train, train, "train");
+        if (rc == NN_OK && d->has_valid) rc = dense_split(&d->valid, valid, "valid");
+        if (rc == NN_OK && d->has_test) rc = dense_split(&d->test, test, "test");
+        if (rc < 0) return rc;
+        d->dims.features = (int)d->train.dense_cols;
+        d->dims.max_batch = micro_batch;
+        if (d->train.has_labels) {
+            /* classes = 1 + the largest label in the training set */
+            int32_t mx = 0;
+            int32_t lab[4096];
+            char ds[64];
+            snprintf(ds, sizeof ds, "%s/y", d->train.dense_group);
+            for (int64_t r = 0; r < d->train.n; r += 4096) {
+                int64_t k = d->train.n - r < 4096 ? d->train.n - r : 4096;
+                if (io_dense_read_labels(d->train.dense_path, ds, r, k, lab) < 0)
+                    return from_io(-1);
+                for (int64_t i = 0; i < k; i++) mx = lab[i] > mx ? lab[i] : mx;
+            }
+            d->dims.classes = mx + 1;
+        }
+        return NN_OK;
+    }
+
+    /* Text kinds: vocabularies first. */
+    const int want_tgt = d->kind == IO_TEXT_PARALLEL;
+    const int want_labels = d->kind == IO_TEXT_CLASSIFY;
+    if (c->rank == 0) {
+        if (vocab_from) {
+            /* resume: the checkpoint's vocabularies, in the order src, tgt, labels */
+            int k = 0;
+            d->src = vocab_from[k++];
+            memset(&vocab_from[k - 1], 0, sizeof(io_vocab));
+            if (want_tgt && k < n_vocab_from) {
+                d->tgt = vocab_from[k++];
+                memset(&vocab_from[k - 1], 0, sizeof(io_vocab));
+            }
+            if (want_labels && k < n_vocab_from) {
+                d->labels = vocab_from[k++];
+                memset(&vocab_from[k - 1], 0, sizeof(io_vocab));
+            }
+            rc = NN_OK;
+        } else {
+            rc = from_io(io_vocab_init(&d->src, 1));
+            if (rc == NN_OK && want_tgt) rc = from_io(io_vocab_init(&d->tgt, 1));
+            if (rc == NN_OK && want_labels) rc = from_io(io_vocab_init(&d->labels, 0));
+            if (rc == NN_OK)
+                rc = from_io(io_text_count(train, d->kind, &d->src, want_tgt ? &d->tgt : NULL,
+                                           want_labels ? &d->labels : NULL));
+            if (rc == NN_OK) rc = from_io(io_vocab_prune(&d->src, min_count, (int)vocab_size));
+            if (rc == NN_OK && want_tgt)
+                rc = from_io(io_vocab_prune(&d->tgt, min_count, (int)vocab_size));
+            if (rc == NN_OK && want_labels) rc = from_io(io_vocab_prune(&d->labels, 1, 0));
+            if (rc == NN_OK && want_labels && d->labels.n < 2) {
+                nn_set_error("%s: need at least 2 distinct labels, found %d", train, d->labels.n);
+                rc = NN_ERR_DATA;
+            }
+        }
+        /* Encode the shards unless a stamp says they are current. */
+        char dir[4096], stamp[16384] = {0}, old[16384] = {0}, line[4600];
+        snprintf(dir, sizeof dir, "%s/data", out);
+        if (rc == NN_OK && io_mkdirs(dir) < 0) rc = from_io(-1);
+        if (rc == NN_OK) {
+            const char *paths[3] = {train, valid, test};
+            for (int i = 0; i < 3; i++) {
+                stamp_line(line, sizeof line, paths[i]);
+                strncat(stamp, line, sizeof stamp - strlen(stamp) - 1);
+            }
+            uint64_t h = 0xcbf29ce484222325ULL;
+            h = vocab_hash(&d->src, h);
+            h = vocab_hash(&d->tgt, h);
+            h = vocab_hash(&d->labels, h);
+            snprintf(line, sizeof line, "kind %d max-len %ld vocab %016llx format %d\n", d->kind,
+                     max_len, (unsigned long long)h, 1);
+            strncat(stamp, line, sizeof stamp - strlen(stamp) - 1);
+            char stamp_path[4200];
+            snprintf(stamp_path, sizeof stamp_path, "%s/stamp.txt", dir);
+            int fresh = read_small(stamp_path, old, sizeof old) >= 0 && strcmp(old, stamp) == 0;
+            const char *names[3] = {"train", "valid", "test"};
+            for (int i = 0; i < 3 && rc == NN_OK; i++) {
+                if (!paths[i] || !*paths[i]) continue;
+                char sp[4200];
+                if ((rc = shard_path(sp, sizeof sp, out, names[i])) < 0) break;
+                struct stat st;
+                if (fresh && stat(sp, &st) == 0) continue;
+                int ml = d->kind == IO_TEXT_PLAIN ? 0 : (int)max_len;
+                rc = from_io(io_shard_encode(paths[i], d->kind, &d->src, want_tgt ? &d->tgt : NULL,
+                                             want_labels ? &d->labels : NULL, ml, sp));
+            }
+            if (rc == NN_OK && !fresh)
+                rc = from_io(io_write_file_atomic(stamp_path, stamp, strlen(stamp)));
+        }
+    }
+    if ((rc = agree(c, rc)) < 0) return rc;
+    if ((rc = bcast_vocab(c, &d->src)) < 0) return rc;
+    if (want_tgt && (rc = bcast_vocab(c, &d->tgt)) < 0) return rc;
+    if (want_labels && (rc = bcast_vocab(c, &d->labels)) < 0) return rc;
+
+    /* Every rank maps the shards. */
+    trainer_split *splits[3] = {&d->train, &d->valid, &d->test};
+    const char *names[3] = {"train", "valid", "test"};
+    const int present[3] = {1, d->has_valid, d->has_test};
+    for (int i = 0; i < 3 && rc == NN_OK; i++) {
+        if (!present[i]) continue;
+        char sp[4200];
+        if ((rc = shard_path(sp, sizeof sp, out, names[i])) < 0) break;
+        splits[i]->kind = d->kind;
+        rc = from_io(io_shard_open(&splits[i]->shard, sp, 0));
+        if (rc < 0) break;
+        if (d->kind == IO_TEXT_PLAIN) {
+            splits[i]->seq_len = (int)seq_len;
+            int64_t nt = splits[i]->shard.n_tok;
+            splits[i]->n = nt > 1 ? (nt - 1) / seq_len : 0;
+        } else {
+            splits[i]->n = splits[i]->shard.n;
+        }
+    }
+    if (comm_any(c, rc < 0)) {
+        if (rc == NN_OK) nn_set_error("another rank failed to map a data shard");
+        return rc < 0 ? rc : NN_ERR_DATA;
+    }
+    if (d->train.n == 0) {
+        nn_set_error("%s: no training examples", train);
+        return NN_ERR_DATA;
+    }
+    d->dims.vocab = d->src.n;
+    d->dims.vocab_tgt = d->tgt.n;
+    d->dims.classes = d->labels.n;
+    d->dims.max_batch = micro_batch;
+    if (d->kind == IO_TEXT_PLAIN) {
+        d->dims.max_len = (int)seq_len;
+        d->dims.max_len_tgt = (int)seq_len;
+    } else {
+        int m = 1, mt = 1;
+        for (int i = 0; i < 3; i++) {
+            if (!present[i]) continue;
+            int a = max_seq(splits[i]->shard.off, splits[i]->shard.n);
+            m = a > m ? a : m;
+            if (want_tgt) {
+                int b = max_seq(splits[i]->shard.off_tgt, splits[i]->shard.n);
+                mt = b > mt ? b : mt;
+            }
+        }
+        d->dims.max_len = m;
+        d->dims.max_len_tgt = want_tgt ? mt : 0;
+    }
+    return NN_OK;
+}
+
+static void split_free(trainer_split *s) {
+    io_shard_close(&s->shard);
+    free(s->dense_path);
+    s->dense_path = NULL;
+}
+
+void trainer_data_free(trainer_data *d) {
+    io_vocab_free(&d->src);
+    io_vocab_free(&d->tgt);
+    io_vocab_free(&d->labels);
+    split_free(&d->train);
+    split_free(&d->valid);
+    split_free(&d->test);
+}
+
+/* ---- batches --------------------------------------------------------------------------- */
+
+int trainer_batch_init(trainer_batch *tb, const trainer_data *d, int max_B) {
+    memset(tb, 0, sizeof *tb);
+    tb->cap_B = max_B > 0 ? max_B : 1;
+    tb->cap_T = d->dims.max_len > 0 ? d->dims.max_len : 1;
+    tb->cap_U = d->kind == IO_TEXT_PLAIN ? tb->cap_T : (d->dims.max_len_tgt > 0 ? d->dims.max_len_tgt : 1);
+    tb->cap_D = d->dims.features;
+    size_t B = (size_t)tb->cap_B;
+    tb->x = calloc(B * (size_t)tb->cap_T, sizeof *tb->x);
+    tb->x_len = calloc(B, sizeof *tb->x_len);
+    tb->y = calloc(B * (size_t)tb->cap_U, sizeof *tb->y);
+    tb->y_len = calloc(B, sizeof *tb->y_len);
+    tb->index = calloc(B, sizeof *tb->index);
+    tb->xf = tb->cap_D ? calloc(B * (size_t)tb->cap_D, sizeof *tb->xf) : NULL;
+    if (!tb->x || !tb->x_len || !tb->y || !tb->y_len || !tb->index || (tb->cap_D && !tb->xf)) {
+        trainer_batch_free(tb);
+        nn_set_error("out of memory for batch buffers");
+        return NN_ERR_NOMEM;
+    }
+    return NN_OK;
+}
+
+void trainer_batch_free(trainer_batch *tb) {
+    free(tb->x);
+    free(tb->x_len);
+    free(tb->y);
+    free(tb->y_len);
+    free(tb->index);
+    free(tb->xf);
+    memset(tb, 0, sizeof *tb);
+}
+
+double trainer_example_count(const trainer_data *d, const trainer_split *s, int64_t e) {
+    switch (d->kind) {
+    case IO_TEXT_PARALLEL: {
+        int64_t len = s->shard.off_tgt[e + 1] - s->shard.off_tgt[e];
+        return (double)len;
+    }
+    case IO_TEXT_PLAIN: return (double)s->seq_len;
+    default: return 1.0;
+    }
+}
+
+int trainer_batch_fill(trainer_batch *tb, const trainer_data *d, const trainer_split *s,
+                       const int64_t *ex, int n, uint64_t step) {
+    NN_ASSERT(n <= tb->cap_B);
+    nn_batch *b = &tb->b;
+    memset(b, 0, sizeof *b);
+    b->B = n;
+    b->index = tb->index;
+    b->step = step;
+    for (int i = 0; i < n; i++) tb->index[i] = ex[i];
+    if (d->kind == IO_TEXT_CLASSIFY || d->kind == IO_TEXT_PARALLEL) {
+        const io_shard *sh = &s->shard;
+        int T = 1, U = 1;
+        for (int i = 0; i < n; i++) {
+            int len = (int)(sh->off[ex[i] + 1] - sh->off[ex[i]]);
+            T = len > T ? len : T;
+            if (d->kind == IO_TEXT_PARALLEL) {
+                int lt = (int)(sh->off_tgt[ex[i] + 1] - sh->off_tgt[ex[i]]);
+                U = lt > U ? lt : U;
+            }
+        }
+        NN_ASSERT(T <= tb->cap_T);
+        for (int i = 0; i < n; i++) {
+            int len = (int)(sh->off[ex[i] + 1] - sh->off[ex[i]]);
+            int32_t *row = tb->x + (size_t)i * T;
+            memcpy(row, sh->ids + sh->off[ex[i]], (size_t)len * sizeof *row);
+            for (int t = len; t < T; t++) row[t] = IO_PAD;
+            tb->x_len[i] = len;
+        }
+        b->T = T;
+        b->x = tb->x;
+        b->x_len = tb->x_len;
+        if (d->kind == IO_TEXT_CLASSIFY) {
+            for (int i = 0; i < n; i++) tb->y[i] = sh->label[ex[i]];
+            b->y = tb->y;
+        } else {
+            NN_ASSERT(U <= tb->cap_U);
+            for (int i = 0; i < n; i++) {
+                int len = (int)(sh->off_tgt[ex[i] + 1] - sh->off_tgt[ex[i]]);
+                int32_t *row = tb->y + (size_t)i * U;
+                memcpy(row, sh->ids_tgt + sh->off_tgt[ex[i]], (size_t)len * sizeof *row);
+                for (int t = len; t < U; t++) row[t] = IO_PAD;
+                tb->y_len[i] = len;
+            }
+            b->U = U;
+            b->y = tb->y;
+            b->y_len = tb->y_len;
+        }
+    } else if (d->kind == IO_TEXT_PLAIN) {
+        const int T = s->seq_len;
+        const int32_t *ids = s->shard.ids;
+        for (int i = 0; i < n; i++) {
+            int64_t start = ex[i] * (int64_t)T;
+            memcpy(tb->x + (size_t)i * T, ids + start, (size_t)T * sizeof(int32_t));
+            memcpy(tb->y + (size_t)i * T, ids + start + 1, (size_t)T * sizeof(int32_t));
+            tb->x_len[i] = T;
+            tb->y_len[i] = T;
+        }
+        b->T = b->U = T;
+        b->x = tb->x;
+        b->x_len = tb->x_len;
+        b->y = tb->y;
+        b->y_len = tb->y_len;
+    } else {
+        char ds[64], ls[64];
+        snprintf(ds, sizeof ds, "%s/x", s->dense_group);
+        snprintf(ls, sizeof ls, "%s/y", s->dense_group);
+        const int D = (int)s->dense_cols;
+        NN_ASSERT(D == tb->cap_D);
+        for (int i = 0; i < n; i++) {
+            if (io_dense_read_rows(s->dense_path, ds, ex[i], 1, tb->xf + (size_t)i * D) < 0)
+                return from_io(-1);
+            if (s->has_labels &&
+                io_dense_read_labels(s->dense_path, ls, ex[i], 1, tb->y + i) < 0)
+                return from_io(-1);
+        }
+        b->D = D;
+        b->xf = tb->xf;
+        if (s->has_labels) b->y = tb->y;
+    }
+    return NN_OK;
+}

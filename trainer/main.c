@@ -1,0 +1,44 @@
+/* main.c - the `lockstep` program: subcommand dispatch, MPI start-up and the one error
+ * line a failure prints. The same binary runs alone, under mpirun -np N, or under srun. */
+#include <stdio.h>
+#include <string.h>
+
+#include "trainer/trainer.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: lockstep COMMAND [options]\n"
+            "\n"
+            "commands:\n"
+            "  train --model NAME [--config FILE] [--key value ...]   train (see train --help)\n"
+            "  eval --ckpt FILE [--valid F] [--test F]                evaluate a checkpoint\n"
+            "  info CKPT                                              what a checkpoint holds\n"
+            "  help                                                   this text\n"
+            "\n"
+            "Run under `mpirun -np N lockstep ...` for N data-parallel ranks.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
+        strcmp(argv[1], "-h") == 0) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "info") == 0) {
+        int rc = trainer_info_cmd(argc - 2, argv + 2);
+        if (rc < 0) fprintf(stderr, "lockstep: error: %s\n", nn_error());
+        return rc < 0 ? 1 : 0;
+    }
+    if (strcmp(cmd, "train") != 0 && strcmp(cmd, "eval") != 0) {
+        fprintf(stderr, "lockstep: error: unknown command '%s' (try lockstep help)\n", cmd);
+        return 2;
+    }
+    comm c;
+    comm_init(&c, &argc, &argv);
+    int rc = strcmp(cmd, "train") == 0 ? trainer_train(&c, argc - 2, argv + 2)
+                                       : trainer_eval_cmd(&c, argc - 2, argv + 2);
+    if (rc < 0 && c.rank == 0) fprintf(stderr, "lockstep: error: %s\n", nn_error());
+    comm_free(&c);
+    return rc < 0 ? 1 : 0;
+}

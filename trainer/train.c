@@ -1,0 +1,897 @@
+/* train.c - `lockstep train` and `lockstep eval`: the data-parallel training loop and the
+ * evaluation coordinator.
+ *
+ * One step: the GLOBAL batch (positions step*G .. step*G+G-1 of the example order) is cut
+ * into micro-batches of fixed positions; rank r of P takes a contiguous run of them. Each
+ * loss is scaled by 1 / (global token or example count), which every rank computes from
+ * the data alone, so the summed gradient is the same mean on any rank count. Gradients
+ * are summed across ranks, clipped, and applied by an optimizer that runs identically
+ * everywhere. Rank 0 alone prints, logs and writes checkpoints; every decision it makes
+ * (stop, error) is agreed through a collective so no rank is left in a collective alone.
+ *
+ * Not here: model internals (models/), MPI calls (comm/), HDF5 (io/). */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "trainer/trainer.h"
+
+/* ---- the run ------------------------------------------------------------------------- */
+
+typedef struct run {
+    const comm *c;
+    nn_config cfg;
+    const nn_model_ops *ops;
+    nn_model model;
+    trainer_data data;
+    trainer_optim opt;
+    trainer_batch batch;
+    io_log log;
+    int log_open;
+
+    /* settings */
+    const char *out;
+    long batch_size, micro, log_every, eval_every, ckpt_every, keep, patience, eval_batches;
+    long threads;
+    int deterministic, skip_nan;
+    double clip;
+    uint64_t seed;
+    int64_t total_steps, steps_per_epoch;
+
+    /* state */
+    io_train_state ts;
+    char *metrics;          /* evaluation history (JSON lines), rank 0 */
+    size_t metrics_len;
+    int64_t *perm;          /* permutation of the training examples for perm_epoch */
+    int64_t perm_epoch;
+    int order;              /* 0 shuffle, 1 sequential, 2 lanes */
+    int64_t *slots;         /* (micro) example ids of the current micro-batch */
+    int64_t *acc;           /* deterministic mode: fixed-point gradient sums */
+} run;
+
+enum { ORDER_SHUFFLE, ORDER_SEQUENTIAL, ORDER_LANES };
+
+static int fail_config(int rc) { return rc; }
+
+/* ---- example order -------------------------------------------------------------------- */
+
+static int make_perm(run *r, int64_t epoch) {
+    const int64_t n = r->data.train.n;
+    if (!r->perm && !(r->perm = malloc((size_t)n * sizeof *r->perm))) {
+        nn_set_error("out of memory for the example order (%lld examples)", (long long)n);
+        return NN_ERR_NOMEM;
+    }
+    for (int64_t i = 0; i < n; i++) r->perm[i] = i;
+    /* Fisher-Yates driven by the counter RNG keyed by (seed, epoch): the order of an epoch
+     * is a pure function of the seed, whatever the rank count or resume point. */
+    nn_rng g = nn_rng_make(r->seed, (uint64_t)epoch, 0, NN_RNG_SHUFFLE);
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)(nn_rng_u64(&g) % (uint64_t)(i + 1));
+        int64_t t = r->perm[i];
+        r->perm[i] = r->perm[j];
+        r->perm[j] = t;
+    }
+    r->perm_epoch = epoch;
+    return NN_OK;
+}
+
+/* The training example at global position pos of the run. */
+static int example_at(run *r, int64_t pos, int64_t *ex) {
+    const int64_t n = r->data.train.n;
+    if (r->order == ORDER_LANES) {
+        /* G lanes read the stream contiguously: slot j of step s reads window
+         * j * L + s mod L, so a recurrent state carried per lane sees consecutive text. */
+        const int64_t G = r->batch_size;
+        int64_t L = n / G;
+        if (L < 1) L = 1;
+        int64_t s = pos / G, j = pos % G;
+        *ex = (j * L + s % L) % n;
+        return NN_OK;
+    }
+    int64_t epoch = pos / n, k = pos % n;
+    if (r->order == ORDER_SEQUENTIAL) {
+        *ex = k;
+        return NN_OK;
+    }
+    if (!r->perm || r->perm_epoch != epoch) {
+        int rc = make_perm(r, epoch);
+        if (rc < 0) return rc;
+    }
+    *ex = r->perm[k];
+    return NN_OK;
+}
+
+/* ---- checkpoints ----------------------------------------------------------------------- */
+
+static void metrics_append(run *r, const char *line) {
+    size_t len = strlen(line);
+    char *m = realloc(r->metrics, r->metrics_len + len + 2);
+    if (!m) return; /* history is best effort; metrics.jsonl has it all */
+    memcpy(m + r->metrics_len, line, len);
+    m[r->metrics_len + len] = '\n';
+    m[r->metrics_len + len + 1] = 0;
+    r->metrics = m;
+    r->metrics_len += len + 1;
+}
+
+/* Rank 0 only. Writes <out>/<name> atomically. */
+static int write_ckpt(run *r, const char *path) {
+    nn_params *ps = &r->model.params;
+    io_tensor *t = calloc((size_t)ps->n, sizeof *t);
+    if (!t) {
+        nn_set_error("out of memory writing a checkpoint");
+        return NN_ERR_NOMEM;
+    }
+    for (int i = 0; i < ps->n; i++) {
+        t[i].name = ps->p[i].name;
+        t[i].offset = ps->p[i].offset;
+        t[i].ndim = ps->p[i].ndim;
+        for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
+    }
+    const char *slot_names[2];
+    float *slots[2];
+    int ns = trainer_optim_slots(&r->opt, slot_names, slots);
+    const char *vnames[3];
+    io_vocab vocabs[3];
+    int nv = 0;
+    if (r->data.kind != TRAINER_DENSE) {
+        vnames[nv] = "src";
+        vocabs[nv++] = r->data.src;
+        if (r->data.kind == IO_TEXT_PARALLEL) {
+            vnames[nv] = "tgt";
+            vocabs[nv++] = r->data.tgt;
+        }
+        if (r->data.kind == IO_TEXT_CLASSIFY) {
+            vnames[nv] = "labels";
+            vocabs[nv++] = r->data.labels;
+        }
+    }
+    io_ckpt ck = {0};
+    ck.model = r->ops->name;
+    ck.n_tensors = ps->n;
+    ck.tensors = t;
+    ck.n_floats = ps->total;
+    ck.params = ps->data;
+    ck.n_slots = ns;
+    ck.slot_names = slot_names;
+    ck.slots = slots;
+    ck.n_config = r->cfg.n;
+    ck.config_keys = r->cfg.key;
+    ck.config_vals = r->cfg.val;
+    ck.train = r->ts;
+    ck.n_vocabs = nv;
+    ck.vocab_names = vnames;
+    ck.vocabs = vocabs;
+    ck.metrics = r->metrics;
+    int rc = io_ckpt_write(path, &ck);
+    free(t);
+    if (rc < 0) {
+        nn_set_error("%s", io_error());
+        return NN_ERR_DATA;
+    }
+    return NN_OK;
+}
+
+/* Collective. Rank 0 writes ckpt_<step>.h5 (and best.h5 when asked), prunes old ones; the
+ * outcome is agreed. */
+static int save(run *r, int best) {
+    int rc = NN_OK;
+    if (r->c->rank == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/ckpt_%08lld.h5", r->out, (long long)r->ts.step);
+        rc = write_ckpt(r, path);
+        if (rc == NN_OK && best) {
+            snprintf(path, sizeof path, "%s/best.h5", r->out);
+            rc = write_ckpt(r, path);
+        }
+        if (rc == NN_OK && io_ckpt_prune(r->out, (int)r->keep) < 0) {
+            fprintf(stderr, "lockstep: warning: %s\n", io_error());
+        }
+    }
+    int buf[1] = {rc};
+    comm_bcast_bytes(r->c, buf, sizeof buf, 0);
+    if (buf[0] < 0 && r->c->rank != 0) nn_set_error("checkpoint write failed on rank 0");
+    return buf[0];
+}
+
+/* Collective. Rank 0 reads path into the model and optimizer; everything is broadcast. */
+static int load(run *r, const char *path) {
+    nn_params *ps = &r->model.params;
+    int rc = NN_OK;
+    if (r->c->rank == 0) {
+        io_tensor *t = calloc((size_t)ps->n, sizeof *t);
+        if (!t) return NN_ERR_NOMEM;
+        for (int i = 0; i < ps->n; i++) {
+            t[i].name = ps->p[i].name;
+            t[i].offset = ps->p[i].offset;
+            t[i].ndim = ps->p[i].ndim;
+            for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
+        }
+        const char *slot_names[2];
+        float *slots[2];
+        int ns = trainer_optim_slots(&r->opt, slot_names, slots);
+        io_ckpt ck = {0};
+        ck.model = r->ops->name;
+        ck.n_tensors = ps->n;
+        ck.tensors = t;
+        ck.n_floats = ps->total;
+        ck.params = ps->data;
+        ck.n_slots = ns;
+        ck.slot_names = slot_names;
+        ck.slots = slots;
+        if (io_ckpt_read(path, &ck) < 0) {
+            nn_set_error("%s", io_error());
+            rc = NN_ERR_DATA;
+        } else {
+            r->ts = ck.train;
+            if (ck.metrics_read) {
+                free(r->metrics);
+                r->metrics = strdup(ck.metrics_read);
+                r->metrics_len = r->metrics ? strlen(r->metrics) : 0;
+            }
+        }
+        io_ckpt_release(&ck);
+        free(t);
+    }
+    int buf[1] = {rc};
+    comm_bcast_bytes(r->c, buf, sizeof buf, 0);
+    if (buf[0] < 0) {
+        char msg[1024] = {0};
+        if (r->c->rank == 0) snprintf(msg, sizeof msg, "%s", nn_error());
+        comm_bcast_bytes(r->c, msg, sizeof msg, 0);
+        if (r->c->rank != 0) nn_set_error("%s", msg);
+        return buf[0];
+    }
+    comm_bcast_params(r->c, ps->data, ps->total);
+    if (r->opt.m) comm_bcast_params(r->c, r->opt.m, ps->total);
+    if (r->opt.v) comm_bcast_params(r->c, r->opt.v, ps->total);
+    comm_bcast_bytes(r->c, &r->ts, sizeof r->ts, 0);
+    return NN_OK;
+}
+
+/* ---- evaluation ------------------------------------------------------------------------ */
+
+/* Collective. Sums stats over split s (sharded across ranks). */
+static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
+    memset(tot, 0, sizeof *tot);
+    int64_t n = s->n;
+    if (r->eval_batches > 0 && r->eval_batches * r->batch_size < n)
+        n = r->eval_batches * r->batch_size;
+    size_t lo, hi;
+    comm_slice((size_t)n, r->c->rank, r->c->size, &lo, &hi);
+    int rc = NN_OK;
+    nn_stats st = {0};
+    for (size_t i = lo; i < hi && rc == NN_OK; i += (size_t)r->micro) {
+        int b = (int)((hi - i) < (size_t)r->micro ? (hi - i) : (size_t)r->micro);
+        for (int k = 0; k < b; k++) r->slots[k] = (int64_t)(i + (size_t)k);
+        rc = trainer_batch_fill(&r->batch, &r->data, s, r->slots, b, (uint64_t)r->ts.step);
+        if (rc == NN_OK) rc = r->ops->evaluate(&r->model, &r->batch.b, &st);
+    }
+    if (comm_any(r->c, rc < 0)) {
+        if (rc == NN_OK) nn_set_error("evaluation failed on another rank");
+        return rc < 0 ? rc : NN_ERR_DATA;
+    }
+    double v[3 + NN_STATS_EXTRA] = {st.loss, st.count, st.correct};
+    for (int k = 0; k < NN_STATS_EXTRA; k++) v[3 + k] = st.extra[k];
+    comm_allreduce_sum_f64(r->c, v, 3 + NN_STATS_EXTRA);
+    tot->loss = v[0];
+    tot->count = v[1];
+    tot->correct = v[2];
+    for (int k = 0; k < NN_STATS_EXTRA; k++) tot->extra[k] = v[3 + k];
+    return NN_OK;
+}
+
+/* Higher is better: accuracy for classifiers, minus the mean loss otherwise. */
+static double metric_of(const run *r, const nn_stats *st) {
+    if (st->count <= 0) return -INFINITY;
+    if (r->data.kind == IO_TEXT_CLASSIFY) return st->correct / st->count;
+    return -st->loss / st->count;
+}
+
+static void format_stats(const run *r, const nn_stats *st, char *txt, size_t tn, char *json,
+                         size_t jn) {
+    double mean = st->count > 0 ? st->loss / st->count : NAN;
+    int k = snprintf(txt, tn, "loss %.4f", mean);
+    int j = snprintf(json, jn, "\"loss\":%.6f,\"count\":%.0f", mean, st->count);
+    if (r->data.kind == IO_TEXT_CLASSIFY || st->correct > 0) {
+        double acc = st->count > 0 ? st->correct / st->count : 0;
+        k += snprintf(txt + k, tn - (size_t)k, "  acc %.4f", acc);
+        j += snprintf(json + j, jn - (size_t)j, ",\"acc\":%.6f", acc);
+    }
+    if (r->data.kind == IO_TEXT_PLAIN || r->data.kind == IO_TEXT_PARALLEL) {
+        double ppl = exp(mean);
+        k += snprintf(txt + k, tn - (size_t)k, "  ppl %.2f", ppl);
+        j += snprintf(json + j, jn - (size_t)j, ",\"ppl\":%.4f", ppl);
+    }
+    if (r->ops->stat_names) {
+        for (int e = 0; e < NN_STATS_EXTRA && r->ops->stat_names[e]; e++) {
+            double v = st->count > 0 ? st->extra[e] / st->count : 0;
+            k += snprintf(txt + k, tn - (size_t)k, "  %s %.4f", r->ops->stat_names[e], v);
+            j += snprintf(json + j, jn - (size_t)j, ",\"%s\":%.6f", r->ops->stat_names[e], v);
+        }
+    }
+}
+
+/* Collective. Evaluates one split, logs it on rank 0, returns the metric. */
+static int eval_and_log(run *r, const trainer_split *s, const char *name, double *metric) {
+    nn_stats st;
+    int rc = evaluate_split(r, s, &st);
+    if (rc < 0) return rc;
+    *metric = metric_of(r, &st);
+    if (r->c->rank == 0) {
+        char txt[512], json[768], line[1024];
+        format_stats(r, &st, txt, sizeof txt, json, sizeof json);
+        printf("%s%s step %lld: %s\n", isatty(STDOUT_FILENO) ? "\r\033[K" : "", name,
+               (long long)r->ts.step, txt);
+        fflush(stdout);
+        snprintf(line, sizeof line, "{\"step\":%lld,\"split\":\"%s\",%s}", (long long)r->ts.step,
+                 name, json);
+        if (r->log_open) io_log_write(&r->log, line);
+        metrics_append(r, line);
+    }
+    return NN_OK;
+}
+
+/* ---- one training step ------------------------------------------------------------------ */
+
+static int find_nonfinite(const nn_params *ps) {
+    for (int t = 0; t < ps->n; t++) {
+        const float *g = ps->grad + ps->p[t].offset;
+        for (size_t i = 0; i < ps->p[t].size; i++)
+            if (!isfinite(g[i])) return t;
+    }
+    return -1;
+}
+
+/* Collective. Returns NN_OK, a negative status, or 1 when the step was skipped (NaN). */
+static int train_step(run *r, nn_stats *out) {
+    const int64_t G = r->batch_size, m = r->micro;
+    const int64_t n_chunks = (G + m - 1) / m;
+    size_t lo, hi;
+    comm_slice((size_t)n_chunks, r->c->rank, r->c->size, &lo, &hi);
+    nn_params *ps = &r->model.params;
+    const int64_t base = r->ts.step * G;
+
+    /* The global normaliser: every rank computes it from the data alone. */
+    double count = 0;
+    int rc = NN_OK;
+    for (int64_t j = 0; j < G && rc == NN_OK; j++) {
+        int64_t ex;
+        rc = example_at(r, base + j, &ex);
+        if (rc == NN_OK) count += trainer_example_count(&r->data, &r->data.train, ex);
+    }
+    if (rc < 0) return rc;
+    const float scale = count > 0 ? (float)(1.0 / count) : 0.0f;
+
+    nn_params_zero_grad(ps);
+    nn_stats st = {0};
+    for (size_t k = lo; k < hi && rc == NN_OK; k++) {
+        int64_t j0 = (int64_t)k * m, j1 = j0 + m < G ? j0 + m : G;
+        for (int64_t j = j0; j < j1 && rc == NN_OK; j++)
+            rc = example_at(r, base + j, &r->slots[j - j0]);
+        if (rc == NN_OK)
+            rc = trainer_batch_fill(&r->batch, &r->data, &r->data.train, r->slots,
+                                    (int)(j1 - j0), (uint64_t)r->ts.step);
+        if (rc == NN_OK) rc = r->ops->forward_backward(&r->model, &r->batch.b, scale, &st);
+        if (rc == NN_OK && r->deterministic) {
+            comm_fixed_accumulate(r->acc, ps->grad, ps->total);
+            nn_params_zero_grad(ps);
+        }
+    }
+    if (comm_any(r->c, rc < 0)) {
+        if (rc == NN_OK) nn_set_error("a training step failed on another rank");
+        return rc < 0 ? rc : NN_ERR_DATA;
+    }
+    if (r->deterministic) {
+        comm_fixed_allreduce(r->c, r->acc, ps->total);
+        comm_fixed_to_float(ps->grad, r->acc, ps->total);
+        memset(r->acc, 0, ps->total * sizeof *r->acc);
+    } else if (r->c->size > 1) {
+        comm_allreduce_grads(r->c, ps->grad, ps->total, 1.0f);
+    }
+    double v[3] = {st.loss, st.count, st.correct};
+    comm_allreduce_sum_f64(r->c, v, 3);
+    out->loss = v[0];
+    out->count = v[1];
+    out->correct = v[2];
+
+    /* NaN/Inf: the gradients are identical on every rank, so every rank decides alike. */
+    int bad = find_nonfinite(ps);
+    if (!isfinite(out->loss) || bad >= 0) {
+        char what[300];
+        if (bad >= 0)
+            snprintf(what, sizeof what, "gradient of %s", ps->p[bad].name);
+        else
+            snprintf(what, sizeof what, "loss");
+        if (r->skip_nan) {
+            if (r->c->rank == 0)
+                fprintf(stderr, "lockstep: warning: step %lld: non-finite %s; step skipped\n",
+                        (long long)r->ts.step, what);
+            return 1;
+        }
+        nn_set_error("step %lld: non-finite %s (loss %g); stopping without a checkpoint "
+                     "(--on-nan skip skips such steps)",
+                     (long long)r->ts.step, what, out->loss);
+        return NN_ERR_NUMERIC;
+    }
+    if (r->clip > 0) trainer_clip_grads(ps, r->clip);
+    double lr = trainer_lr(&r->opt, r->ts.step);
+    trainer_optim_step(&r->opt, ps, r->ts.step, lr);
+    return NN_OK;
+}
+
+/* ---- set-up ---------------------------------------------------------------------------- */
+
+static int local_ranks(const comm *c) {
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"};
+    for (size_t i = 0; i < sizeof vars / sizeof *vars; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 0) return atoi(v);
+    }
+    return c->size;
+}
+
+/* Collective: rank 0 finds the checkpoint to resume and its configuration; every rank
+ * merges it under the flags given. Returns 1 when resuming (path set), 0 when not. */
+static int resolve_resume(run *r, char *path, size_t plen) {
+    const char *res = nn_config_get(&r->cfg, "resume");
+    const char *out = nn_config_get(&r->cfg, "out");
+    if (!res || strcmp(res, "none") == 0 || !*res) return 0;
+    int rc = NN_OK, found = 0;
+    char *packed = NULL;
+    uint64_t plen_bytes = 0;
+    if (r->c->rank == 0) {
+        if (strcmp(res, "auto") == 0) {
+            int q = io_ckpt_latest(out ? out : "runs/default", path, plen);
+            if (q == IO_OK) found = 1;
+            else if (q != IO_ERR_NOTFOUND) {
+                nn_set_error("%s", io_error());
+                rc = NN_ERR_DATA;
+            }
+        } else {
+            snprintf(path, plen, "%s", res);
+            found = 1;
+        }
+        if (rc == NN_OK && found) {
+            char *model = NULL, **keys = NULL, **vals = NULL;
+            int n = 0;
+            if (io_ckpt_peek(path, &model, &n, &keys, &vals) < 0) {
+                nn_set_error("%s", io_error());
+                rc = NN_ERR_DATA;
+            } else {
+                /* pack: model\0 k\0v\0 ... */
+                size_t len = strlen(model) + 1;
+                for (int i = 0; i < n; i++) len += strlen(keys[i]) + strlen(vals[i]) + 2;
+                packed = malloc(len);
+                if (packed) {
+                    size_t o = 0;
+                    o += (size_t)sprintf(packed + o, "%s", model) + 1;
+                    for (int i = 0; i < n; i++) {
+                        o += (size_t)sprintf(packed + o, "%s", keys[i]) + 1;
+                        o += (size_t)sprintf(packed + o, "%s", vals[i]) + 1;
+                    }
+                    plen_bytes = len;
+                } else {
+                    rc = NN_ERR_NOMEM;
+                }
+                for (int i = 0; i < n; i++) {
+                    free(keys[i]);
+                    free(vals[i]);
+                }
+                free(keys);
+                free(vals);
+                free(model);
+            }
+        }
+    }
+    int hdr[2] = {rc, found};
+    comm_bcast_bytes(r->c, hdr, sizeof hdr, 0);
+    if (hdr[0] < 0) {
+        char msg[1024] = {0};
+        if (r->c->rank == 0) snprintf(msg, sizeof msg, "%s", nn_error());
+        comm_bcast_bytes(r->c, msg, sizeof msg, 0);
+        if (r->c->rank != 0) nn_set_error("%s", msg);
+        free(packed);
+        return hdr[0];
+    }
+    if (!hdr[1]) return 0;
+    comm_bcast_bytes(r->c, path, plen, 0);
+    comm_bcast_bytes(r->c, &plen_bytes, sizeof plen_bytes, 0);
+    if (r->c->rank != 0) packed = malloc(plen_bytes ? plen_bytes : 1);
+    if (!packed) return NN_ERR_NOMEM;
+    comm_bcast_bytes(r->c, packed, (size_t)plen_bytes, 0);
+    /* merge: the checkpoint's model and model keys must agree with what was given */
+    const char *p = packed, *end = packed + plen_bytes;
+    const char *model = p;
+    p += strlen(p) + 1;
+    const char *given = nn_config_get(&r->cfg, "model");
+    if (given && strcmp(given, model) != 0) {
+        nn_set_error("%s holds model %s, but --model %s was given", path, model, given);
+        free(packed);
+        return NN_ERR_CONFIG;
+    }
+    nn_config_set(&r->cfg, "model", model);
+    const nn_model_ops *ops = nn_model_find(model);
+    while (p < end && rc == NN_OK) {
+        const char *k = p;
+        p += strlen(p) + 1;
+        const char *v = p;
+        p += strlen(p) + 1;
+        const char *now = nn_config_get(&r->cfg, k);
+        if (!now) {
+            rc = nn_config_set(&r->cfg, k, v);
+        } else if (strcmp(now, v) != 0 && ops && trainer_is_model_key(ops, k)) {
+            nn_set_error("%s was trained with --%s %s; cannot resume with --%s %s", path, k, v, k,
+                         now);
+            rc = NN_ERR_CONFIG;
+        } else if (strcmp(now, v) != 0 &&
+                   (strcmp(k, "batch-size") == 0 || strcmp(k, "seed") == 0 ||
+                    strcmp(k, "data") == 0 || strcmp(k, "order") == 0)) {
+            nn_set_error("%s was trained with --%s %s; resuming with --%s %s would not continue "
+                         "the same run",
+                         path, k, v, k, now);
+            rc = NN_ERR_CONFIG;
+        }
+    }
+    free(packed);
+    return rc < 0 ? rc : 1;
+}
+
+static int read_settings(run *r) {
+    const nn_config *cfg = &r->cfg;
+    long seed, steps, epochs, det;
+    const char *order, *on_nan;
+    int rc;
+    if ((rc = nn_config_int(cfg, "batch-size", 32, &r->batch_size)) < 0 ||
+        (rc = nn_config_int(cfg, "micro-batch", 0, &r->micro)) < 0 ||
+        (rc = nn_config_int(cfg, "log-every", 10, &r->log_every)) < 0 ||
+        (rc = nn_config_int(cfg, "eval-every", 0, &r->eval_every)) < 0 ||
+        (rc = nn_config_int(cfg, "eval-batches", 0, &r->eval_batches)) < 0 ||
+        (rc = nn_config_int(cfg, "ckpt-every", 0, &r->ckpt_every)) < 0 ||
+        (rc = nn_config_int(cfg, "keep", 3, &r->keep)) < 0 ||
+        (rc = nn_config_int(cfg, "patience", 0, &r->patience)) < 0 ||
+        (rc = nn_config_int(cfg, "threads", 0, &r->threads)) < 0 ||
+        (rc = nn_config_int(cfg, "seed", 1, &seed)) < 0 ||
+        (rc = nn_config_int(cfg, "steps", 0, &steps)) < 0 ||
+        (rc = nn_config_int(cfg, "epochs", 1, &epochs)) < 0 ||
+        (rc = nn_config_bool(cfg, "deterministic", 0, &r->deterministic)) < 0 ||
+        (rc = nn_config_float(cfg, "clip", 0, &r->clip)) < 0 ||
+        (rc = nn_config_choice(cfg, "order", "shuffle", "shuffle|sequential|lanes", &order)) < 0 ||
+        (rc = nn_config_choice(cfg, "on-nan", "stop", "stop|skip", &on_nan)) < 0)
+        return rc;
+    (void)det;
+    if (r->batch_size < 1 || r->micro < 0 || r->log_every < 1 || r->eval_every < 0 ||
+        r->ckpt_every < 0 || r->keep < 1 || r->patience < 0 || r->threads < 0 || steps < 0 ||
+        epochs < 0 || r->clip < 0 || r->eval_batches < 0) {
+        nn_set_error("need --batch-size >= 1, --keep >= 1, --log-every >= 1 and no negative "
+                     "--steps, --epochs, --micro-batch, --eval-every, --ckpt-every, "
+                     "--patience, --threads, --clip, --eval-batches");
+        return NN_ERR_CONFIG;
+    }
+    if (steps == 0 && epochs == 0) {
+        nn_set_error("nothing to do: --steps 0 and --epochs 0");
+        return NN_ERR_CONFIG;
+    }
+    r->seed = (uint64_t)seed;
+    r->order = strcmp(order, "shuffle") == 0 ? ORDER_SHUFFLE
+               : strcmp(order, "sequential") == 0 ? ORDER_SEQUENTIAL : ORDER_LANES;
+    r->skip_nan = strcmp(on_nan, "skip") == 0;
+    r->out = nn_config_get(cfg, "out");
+    if (r->micro == 0) {
+        /* default: one micro-batch per rank; deterministic mode needs micro-batch
+         * boundaries that do not depend on the rank count */
+        r->micro = r->deterministic ? (r->batch_size + 3) / 4
+                                    : (r->batch_size + r->c->size - 1) / r->c->size;
+    }
+    if (r->micro > r->batch_size) r->micro = r->batch_size;
+    r->total_steps = steps;  /* epochs resolved once the data size is known */
+    if (steps == 0) r->total_steps = -epochs;
+    return NN_OK;
+}
+
+static void print_banner(run *r) {
+    if (r->c->rank != 0) return;
+    printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, OpenBLAS\n", r->ops->name,
+           r->c->size, r->c->size == 1 ? "" : "s", nn_get_threads(),
+           nn_get_threads() == 1 ? "" : "s", comm_mpi_version(), io_hdf5_version());
+    printf("lockstep: %zu parameters (%.1f MiB), train %lld examples", r->model.params.total,
+           (double)r->model.params.total * 4 / 1048576.0, (long long)r->data.train.n);
+    if (r->data.has_valid) printf(", valid %lld", (long long)r->data.valid.n);
+    if (r->data.has_test) printf(", test %lld", (long long)r->data.test.n);
+    if (r->data.dims.vocab) printf(", vocab %d", r->data.dims.vocab);
+    if (r->data.dims.vocab_tgt) printf("/%d", r->data.dims.vocab_tgt);
+    if (r->data.dims.classes) printf(", %d classes", r->data.dims.classes);
+    printf("\nlockstep: %lld steps of %ld examples (micro-batch %ld), run directory %s\n",
+           (long long)r->total_steps, r->batch_size, r->micro, r->out);
+    fflush(stdout);
+}
+
+static void progress(run *r, const nn_stats *st, double t_start, int64_t first_step,
+                     double seen, double lr) {
+    double el = trainer_now() - t_start;
+    double done = (double)(r->ts.step - first_step);
+    double left = (double)(r->total_steps - r->ts.step);
+    double eta = done > 0 ? el / done * left : 0;
+    char e1[32], e2[32];
+    trainer_fmt_duration(e1, sizeof e1, el);
+    trainer_fmt_duration(e2, sizeof e2, eta);
+    double mean = st->count > 0 ? st->loss / st->count : NAN;
+    double rate = el > 0 ? seen / el : 0;
+    int tty = isatty(STDOUT_FILENO);
+    if (tty) {
+        int w = 24, fill = (int)(w * (double)r->ts.step / (double)r->total_steps);
+        char bar[32];
+        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+        bar[w] = 0;
+        printf("\r\033[K[%s] step %lld/%lld  loss %.4f  lr %.2e  %.0f ex/s  %s  ETA %s", bar,
+               (long long)r->ts.step, (long long)r->total_steps, mean, lr, rate, e1, e2);
+    } else {
+        printf("step %lld/%lld  loss %.4f  lr %.2e  %.0f ex/s  elapsed %s  ETA %s\n",
+               (long long)r->ts.step, (long long)r->total_steps, mean, lr, rate, e1, e2);
+    }
+    fflush(stdout);
+    char line[512];
+    snprintf(line, sizeof line,
+             "{\"step\":%lld,\"split\":\"train\",\"loss\":%.6f,\"lr\":%.6g,\"ex_per_s\":%.1f,"
+             "\"elapsed\":%.3f}",
+             (long long)r->ts.step, mean, lr, rate, el);
+    if (r->log_open) io_log_write(&r->log, line);
+}
+
+static void run_free(run *r) {
+    trainer_batch_free(&r->batch);
+    trainer_optim_free(&r->opt);
+    nn_model_free(&r->model);
+    trainer_data_free(&r->data);
+    if (r->log_open) io_log_close(&r->log);
+    nn_config_free(&r->cfg);
+    free(r->metrics);
+    free(r->perm);
+    free(r->slots);
+    free(r->acc);
+}
+
+/* Collective. Everything before the first step. Returns 1 if resumed. */
+static int setup(run *r, int argc, char **argv, int for_eval) {
+    int rc = trainer_parse_args(&r->cfg, argc, argv);
+    if (rc < 0) return fail_config(rc);
+    char ckpt[4096] = {0};
+    int resumed = 0;
+    if (for_eval) {
+        const char *p = nn_config_get(&r->cfg, "resume");
+        if (!p || !*p) {
+            nn_set_error("lockstep eval needs --ckpt FILE");
+            return NN_ERR_CONFIG;
+        }
+    }
+    rc = resolve_resume(r, ckpt, sizeof ckpt);
+    if (rc < 0) return rc;
+    resumed = rc;
+    const char *mname = nn_config_get(&r->cfg, "model");
+    if (!mname) {
+        nn_set_error("--model is required (lockstep train --help lists the models)");
+        return NN_ERR_CONFIG;
+    }
+    r->ops = nn_model_find(mname);
+    if (!r->ops) {
+        nn_set_error("unknown model '%s' (lockstep train --help lists the models)", mname);
+        return NN_ERR_CONFIG;
+    }
+    if ((rc = trainer_config_defaults(&r->cfg, r->ops)) < 0) return rc;
+    if ((rc = read_settings(r)) < 0) return rc;
+    /* threads: ranks x threads <= cores on a node */
+    int threads = (int)r->threads;
+    if (threads == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = (int)(cores / local_ranks(r->c));
+        if (threads < 1) threads = 1;
+    }
+    nn_set_threads(threads);
+
+    /* run directory, metrics log, resolved configuration */
+    if (!for_eval) {
+        int drc = NN_OK;
+        if (r->c->rank == 0) {
+            if (io_mkdirs(r->out) < 0) {
+                nn_set_error("%s", io_error());
+                drc = NN_ERR_DATA;
+            } else if (io_log_open(&r->log, r->out, 1) < 0) {
+                nn_set_error("%s", io_error());
+                drc = NN_ERR_DATA;
+            } else {
+                r->log_open = 1;
+                char *dump = trainer_config_dump(&r->cfg);
+                char path[4200];
+                snprintf(path, sizeof path, "%s/config.txt", r->out);
+                if (!dump || io_write_file_atomic(path, dump, strlen(dump)) < 0) {
+                    nn_set_error("%s", dump ? io_error() : "out of memory");
+                    drc = NN_ERR_DATA;
+                }
+                free(dump);
+            }
+        }
+        int buf[1] = {drc};
+        comm_bcast_bytes(r->c, buf, sizeof buf, 0);
+        if (buf[0] < 0) {
+            if (r->c->rank != 0) nn_set_error("cannot prepare the run directory");
+            return buf[0];
+        }
+    }
+
+    /* vocabularies from the checkpoint when resuming */
+    io_vocab vocabs[3];
+    int nvoc = 0;
+    memset(vocabs, 0, sizeof vocabs);
+    if (resumed && r->c->rank == 0 && strcmp(r->ops->data_kind, "dense") != 0) {
+        const char *names[3] = {"src", NULL, NULL};
+        int k = 1;
+        if (strcmp(r->ops->data_kind, "parallel") == 0) names[k++] = "tgt";
+        if (strcmp(r->ops->data_kind, "classify") == 0) names[k++] = "labels";
+        if (io_ckpt_read_vocabs(ckpt, k, names, vocabs) < 0) {
+            nn_set_error("%s", io_error());
+            rc = NN_ERR_DATA;
+        }
+        nvoc = k;
+    }
+    int vb[1] = {rc};
+    comm_bcast_bytes(r->c, vb, sizeof vb, 0);
+    if (vb[0] < 0) {
+        for (int i = 0; i < 3; i++) io_vocab_free(&vocabs[i]);
+        if (r->c->rank != 0) nn_set_error("cannot read vocabularies from %s", ckpt);
+        return vb[0];
+    }
+    rc = trainer_data_init(&r->data, r->c, &r->cfg, r->ops, nvoc ? vocabs : NULL, nvoc,
+                           (int)r->micro);
+    for (int i = 0; i < 3; i++) io_vocab_free(&vocabs[i]);
+    if (rc < 0) return rc;
+
+    r->steps_per_epoch = (r->data.train.n + r->batch_size - 1) / r->batch_size;
+    if (r->total_steps < 0) r->total_steps = -r->total_steps * r->steps_per_epoch;
+
+    if ((rc = nn_model_init(&r->model, r->ops, &r->cfg, &r->data.dims, r->seed)) < 0) return rc;
+    comm_bcast_params(r->c, r->model.params.data, r->model.params.total);
+    if ((rc = trainer_optim_init(&r->opt, &r->cfg, r->model.params.total, r->total_steps)) < 0)
+        return rc;
+    if ((rc = trainer_batch_init(&r->batch, &r->data, (int)r->micro)) < 0) return rc;
+    r->slots = calloc((size_t)r->micro, sizeof *r->slots);
+    if (!r->slots) return NN_ERR_NOMEM;
+    if (r->deterministic) {
+        r->acc = calloc(r->model.params.total ? r->model.params.total : 1, sizeof *r->acc);
+        if (!r->acc) return NN_ERR_NOMEM;
+    }
+    r->ts.best_metric = -INFINITY;
+    r->ts.world_size = r->c->size;
+    if (resumed) {
+        if ((rc = load(r, ckpt)) < 0) return rc;
+        if (r->c->rank == 0)
+            printf("lockstep: resumed from %s at step %lld\n", ckpt, (long long)r->ts.step);
+        r->ts.world_size = r->c->size;
+    }
+    return resumed;
+}
+
+int trainer_train(const comm *c, int argc, char **argv) {
+    run r;
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    for (int i = 0; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            const nn_model_ops *only = NULL;
+            for (int j = 0; j + 1 < argc; j++)
+                if (strcmp(argv[j], "--model") == 0) only = nn_model_find(argv[j + 1]);
+            if (c->rank == 0) trainer_print_help(stdout, "lockstep", only);
+            return 0;
+        }
+    int rc = setup(&r, argc, argv, 0);
+    if (rc < 0) {
+        run_free(&r);
+        return rc;
+    }
+    print_banner(&r);
+
+    const int64_t first = r.ts.step;
+    double t_start = trainer_now(), seen = 0;
+    nn_stats win = {0};
+    int stop = 0;
+    int64_t last_saved = -1;
+    while (r.ts.step < r.total_steps && !stop) {
+        nn_stats st;
+        rc = train_step(&r, &st);
+        if (rc < 0) break;
+        r.ts.step++;
+        if (rc == 0) {
+            r.ts.examples_seen += r.batch_size;
+            r.ts.tokens_seen += (int64_t)st.count;
+            r.ts.data_pos = r.ts.step * r.batch_size;
+            r.ts.epoch = r.ts.data_pos / r.data.train.n;
+            win.loss += st.loss;
+            win.count += st.count;
+            seen += (double)r.batch_size;
+        }
+        rc = NN_OK;
+        if (r.c->rank == 0 && (r.ts.step % r.log_every == 0 || r.ts.step == r.total_steps)) {
+            progress(&r, &win, t_start, first, seen, trainer_lr(&r.opt, r.ts.step - 1));
+            memset(&win, 0, sizeof win);
+        }
+        int end_of_epoch = r.eval_every == 0 && r.ts.step % r.steps_per_epoch == 0;
+        int due_eval = r.data.has_valid &&
+                       ((r.eval_every > 0 && r.ts.step % r.eval_every == 0) || end_of_epoch ||
+                        r.ts.step == r.total_steps);
+        int improved = 0;
+        if (due_eval) {
+            double metric;
+            if ((rc = eval_and_log(&r, &r.data.valid, "valid", &metric)) < 0) break;
+            if (metric > r.ts.best_metric) {
+                r.ts.best_metric = metric;
+                r.ts.best_step = r.ts.step;
+                r.ts.bad_evals = 0;
+                improved = 1;
+            } else {
+                r.ts.bad_evals++;
+                if (r.patience > 0 && r.ts.bad_evals >= r.patience) {
+                    stop = 1;
+                    if (r.c->rank == 0)
+                        printf("lockstep: no improvement in %ld evaluations; stopping early "
+                               "(best at step %lld)\n",
+                               r.patience, (long long)r.ts.best_step);
+                }
+            }
+        }
+        int due_ckpt = (r.ckpt_every > 0 && r.ts.step % r.ckpt_every == 0) ||
+                       r.ts.step == r.total_steps || stop || improved;
+        if (due_ckpt) {
+            if ((rc = save(&r, improved)) < 0) break;
+            last_saved = r.ts.step;
+        }
+    }
+    if (rc == NN_OK && last_saved != r.ts.step) rc = save(&r, 0);
+    if (rc == NN_OK && r.c->rank == 0 && isatty(STDOUT_FILENO)) printf("\n");
+    double metric;
+    if (rc == NN_OK && r.data.has_test) rc = eval_and_log(&r, &r.data.test, "test", &metric);
+    if (rc == NN_OK && r.c->rank == 0) {
+        char e1[32];
+        trainer_fmt_duration(e1, sizeof e1, trainer_now() - t_start);
+        printf("lockstep: done at step %lld in %s (%.0f examples/s)\n", (long long)r.ts.step, e1,
+               seen / (trainer_now() - t_start + 1e-9));
+    }
+    run_free(&r);
+    return rc;
+}
+
+/* lockstep eval --ckpt FILE [--data/--valid/--test ...]: evaluates a checkpoint on the
+ * splits given (defaults: those it was trained with). */
+int trainer_eval_cmd(const comm *c, int argc, char **argv) {
+    run r;
+    memset(&r, 0, sizeof r);
+    r.c = c;
+    /* --ckpt X is --resume X without training */
+    char **av = calloc((size_t)argc + 1, sizeof *av);
+    if (!av) return NN_ERR_NOMEM;
+    for (int i = 0; i < argc; i++) av[i] = strcmp(argv[i], "--ckpt") == 0 ? "--resume" : argv[i];
+    int rc = setup(&r, argc, av, 1);
+    free(av);
+    if (rc >= 0) {
+        double metric;
+        if (r.data.has_valid) rc = eval_and_log(&r, &r.data.valid, "valid", &metric);
+        if (rc >= 0 && r.data.has_test) rc = eval_and_log(&r, &r.data.test, "test", &metric);
+        if (rc >= 0 && !r.data.has_valid && !r.data.has_test)
+            rc = eval_and_log(&r, &r.data.train, "train", &metric);
+    }
+    run_free(&r);
+    return rc < 0 ? rc : 0;
+}
+
+int trainer_info_cmd(int argc, char **argv) {
+    if (argc < 1) {
+        fprintf(stderr, "usage: lockstep info CKPT\n");
+        return NN_ERR_CONFIG;
+    }
+    if (io_ckpt_info(argv[0], stdout) < 0) {
+        nn_set_error("%s", io_error());
+        return NN_ERR_DATA;
+    }
+    return 0;
+}

@@ -1,0 +1,123 @@
+/* trainer.h - the lockstep program: configuration, data pipeline, optimizers, training
+ * loop, evaluation coordinator, subcommands.
+ *
+ * The only module that includes models/, comm/ and io/ together and wires them up: the
+ * model sees batches and a gradient scale, comm sees flat float buffers, io sees
+ * (name, offset, shape) tables. Rank 0 is the coordinator: it alone prints, logs and
+ * writes checkpoints; decisions reach the other ranks through collectives. */
+#ifndef TRAINER_TRAINER_H
+#define TRAINER_TRAINER_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "comm/comm.h"
+#include "io/io.h"
+#include "models/nn.h"
+
+/* ---- configuration (trainer/config.c) ------------------------------------------------ */
+/* Keys every model shares, with defaults and help; terminated by {NULL}. */
+extern const nn_key trainer_keys[];
+
+/* Parses `--key value`, `--key=value`, bare `--flag` (boolean keys only) and `--config FILE`
+ * (lines `key = value` or `key value`, # comments) into cfg. Flags override the file,
+ * whatever their order. Every key must be a trainer key or a key of the model named by
+ * --model; anything else is NN_ERR_CONFIG with a message naming the key (and, for a file,
+ * file:line). Values are checked later by their getters. */
+int trainer_parse_args(nn_config *cfg, int argc, char **argv);
+/* Fills missing keys with defaults (trainer keys, then the model's). */
+int trainer_config_defaults(nn_config *cfg, const nn_model_ops *ops);
+/* Prints the models and every key with its default and help to f. */
+void trainer_print_help(FILE *f, const char *prog, const nn_model_ops *only);
+/* Writes "key = value" lines, sorted, to a string (caller frees). */
+char *trainer_config_dump(const nn_config *cfg);
+int trainer_is_model_key(const nn_model_ops *ops, const char *key);
+int trainer_is_trainer_key(const char *key);
+
+/* ---- optimizers and schedules (trainer/optim.c) ------------------------------------ */
+enum trainer_opt { OPT_SGD, OPT_MOMENTUM, OPT_ADAM, OPT_ADAMW };
+enum trainer_sched { SCHED_CONSTANT, SCHED_COSINE, SCHED_LINEAR, SCHED_INVSQRT };
+
+typedef struct trainer_optim {
+    int kind;            /* enum trainer_opt */
+    double lr, beta1, beta2, eps, momentum, weight_decay;
+    int sched;           /* enum trainer_sched */
+    int64_t warmup, total_steps;
+    double min_lr;
+    size_t n;
+    float *m, *v;        /* state slots (NULL when unused); one allocation each */
+} trainer_optim;
+
+/* Reads optimizer/schedule keys from cfg and allocates state for n floats (zeroed). */
+int trainer_optim_init(trainer_optim *o, const nn_config *cfg, size_t n, int64_t total_steps);
+void trainer_optim_free(trainer_optim *o);
+/* Learning rate at step (0-based step about to be taken). Pure function. */
+double trainer_lr(const trainer_optim *o, int64_t step);
+/* One update of every non-frozen parameter with the gradients in ps->grad (already
+ * averaged). step is 0-based (Adam bias correction uses step + 1). */
+void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr);
+/* Slots as (name, buffer) for checkpoints. Returns the count (0..2). */
+int trainer_optim_slots(const trainer_optim *o, const char **names, float **bufs);
+/* Global L2 norm of all gradients (double accumulation). */
+double trainer_grad_norm(const nn_params *ps);
+/* Scales gradients so their global norm is at most max_norm; returns the norm before. */
+double trainer_clip_grads(nn_params *ps, double max_norm);
+
+/* ---- data (trainer/data.c) ----------------------------------------------------------- */
+/* One split of a data set, in a form every kind shares: examples 0..n-1. */
+typedef struct trainer_split {
+    int kind;            /* IO_TEXT_* or TRAINER_DENSE */
+    io_shard shard;      /* text kinds */
+    int64_t n;           /* examples */
+    int seq_len;         /* lm: window length T */
+    char *dense_path;    /* dense: HDF5 file and group prefix ("train") */
+    char dense_group[32];
+    int64_t dense_cols;
+    int has_labels;
+} trainer_split;
+#define TRAINER_DENSE 10
+
+typedef struct trainer_data {
+    int kind;
+    io_vocab src, tgt, labels;
+    trainer_split train, valid, test;
+    int has_valid, has_test;
+    nn_dims dims;
+    int max_len;
+} trainer_data;
+
+/* Collective. Prepares vocabularies (from the checkpoint when vocab_from is non-NULL,
+ * else rank 0 counts the training text) and shards under <out>/data (rank 0 encodes,
+ * the others wait), then every rank maps them. Errors are agreed by all ranks. */
+int trainer_data_init(trainer_data *d, const comm *c, const nn_config *cfg,
+                      const nn_model_ops *ops, io_vocab *vocab_from, int n_vocab_from,
+                      int micro_batch);
+void trainer_data_free(trainer_data *d);
+
+/* Batch buffers sized once for the largest micro-batch. */
+typedef struct trainer_batch {
+    nn_batch b;
+    int cap_B, cap_T, cap_U, cap_D;
+    int32_t *x, *x_len, *y, *y_len;
+    float *xf;
+    int64_t *index;
+} trainer_batch;
+int trainer_batch_init(trainer_batch *tb, const trainer_data *d, int max_B);
+void trainer_batch_free(trainer_batch *tb);
+/* Fills tb with examples ex[0..n) of split s. */
+int trainer_batch_fill(trainer_batch *tb, const trainer_data *d, const trainer_split *s,
+                       const int64_t *ex, int n, uint64_t step);
+/* What the loss of example e is normalised by (tokens or 1). */
+double trainer_example_count(const trainer_data *d, const trainer_split *s, int64_t e);
+
+/* ---- the training run (trainer/train.c) --------------------------------------------- */
+int trainer_train(const comm *c, int argc, char **argv);
+int trainer_eval_cmd(const comm *c, int argc, char **argv);
+int trainer_info_cmd(int argc, char **argv);
+
+/* ---- progress and logs (trainer/log.c) ---------------------------------------------- */
+/* Human-readable duration "1:02:03" / "2:05" into buf. */
+void trainer_fmt_duration(char *buf, size_t n, double seconds);
+double trainer_now(void); /* monotonic seconds */
+
+#endif
