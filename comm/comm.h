@@ -59,4 +59,10 @@ void comm_slice(size_t n, int rank, int size, size_t *lo, size_t *hi);
 /* Library versions for the first log lines, e.g. "Open MPI v4.1.4". */
 const char *comm_mpi_version(void);
 
+/* ---- test hooks (not for the trainer) ---------------------------------------------- */
+/* Largest element count per MPI call in the blocking collectives above; 0 restores the
+ * default 2^30. Lets tests cover chunk boundaries with small buffers. Not thread-safe. */
+void comm_set_chunk_(size_t elems);
+size_t comm_chunk_elems_(void);
+
 #endif
