@@ -79,7 +79,11 @@ int io_text_count(const char *path, int kind, io_vocab *src, io_vocab *tgt, io_v
  *   i64 off[n+1]        source token offsets
  *   i32 ids[n_tok]
  *   i64 off_tgt[n+1], i32 ids_tgt[n_tok_tgt]   (parallel only)
- *   i32 label[n]                               (classify only) */
+ *   i32 label[n]                               (classify only)
+ * Each section starts at a multiple of 8 bytes (zero padding after an odd-length i32
+ * array), so the i64 arrays are aligned in the mapping.
+ * Plain: one example per non-empty line, its tokens followed by IO_EOS. Parallel: the
+ * target ends with IO_EOS, the source does not. Classify: no IO_EOS. */
 typedef struct io_shard {
     int kind;
     int64_t n, n_tok, n_tok_tgt;
@@ -94,7 +98,8 @@ typedef struct io_shard {
 
 /* Encodes a text corpus with the given vocabularies (unknown words -> IO_UNK; unknown
  * labels are IO_ERR_FORMAT) into a shard at dst, atomically. max_len > 0 truncates
- * source and target sequences to max_len tokens. Streaming, bounded memory. */
+ * source and target sequences to max_len tokens (IO_EOS included: it is kept as the last
+ * id). Streaming, bounded memory (two passes over the text). */
 int io_shard_encode(const char *src_path, int kind, const io_vocab *src, const io_vocab *tgt,
                     const io_vocab *labels, int max_len, const char *dst_path);
 /* Maps a shard, checks magic, version, sizes (and the checksum when verify != 0). */
@@ -138,7 +143,8 @@ typedef struct io_ckpt {
     const char *const *vocab_names;   /* "src", "tgt", "labels" */
     io_vocab *vocabs;             /* read: filled (caller frees each) */
     const char *metrics;          /* evaluation history as JSON lines (may be NULL) */
-    char *metrics_read;           /* read: allocated copy, freed by io_ckpt_release */
+    char *metrics_read;           /* read: allocated copy, freed by io_ckpt_release;
+                                     NULL if none; every line ends with '\n' */
 } io_ckpt;
 
 /* Writes ck to path atomically (path.tmp.<pid>, flush, fsync, rename, fsync dir). On any
@@ -167,6 +173,18 @@ typedef struct io_log { void *fp; } io_log;
 int io_log_open(io_log *l, const char *dir, int append);
 int io_log_write(io_log *l, const char *json_object);
 void io_log_close(io_log *l);
+
+/* ---- dense data sets (autoencoders) ------------------------------------------------ */
+/* A 2-D float32 dataset (rows, cols) in an HDF5 file, e.g. "/x"; labels a 1-D integer
+ * dataset (rows) such as "/y". Reads only the requested hyperslab. */
+int io_dense_info(const char *path, const char *dataset, int64_t *rows, int64_t *cols);
+/* out (nrows, cols) := rows [row0, row0 + nrows) of the 2-D dataset; IO_ERR_SHAPE when
+ * the range lies outside it. */
+int io_dense_read_rows(const char *path, const char *dataset, int64_t row0, int64_t nrows,
+                       float *out);
+/* out (nrows) := entries [row0, row0 + nrows) of a 1-D integer dataset, as int32. */
+int io_dense_read_labels(const char *path, const char *dataset, int64_t row0, int64_t nrows,
+                         int32_t *out);
 
 /* Creates dir and parents (mkdir -p). */
 int io_mkdirs(const char *dir);
