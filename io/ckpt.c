@@ -1017,3 +1017,17 @@ int io_ckpt_prune(const char *dir, int keep) {
     free(e);
     return rc;
 }
+
+/* ---- vocabularies alone ---------------------------------------------------------------- */
+
+int io_ckpt_read_vocabs(const char *path, int n, const char *const *names, io_vocab *out) {
+    int rc;
+    hid_t f = io_ckpt_open_(path, &rc);
+    if (f < 0) return rc;
+    int i;
+    for (i = 0; i < n && rc == IO_OK; i++) rc = io_ckpt_read_vocab_(f, path, names[i], &out[i]);
+    if (rc != IO_OK)
+        for (int j = 0; j < i - 1; j++) io_vocab_free(&out[j]);
+    H5Fclose(f);
+    return rc;
+}

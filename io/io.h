@@ -158,6 +158,9 @@ int io_ckpt_read(const char *path, io_ckpt *ck);
 void io_ckpt_release(io_ckpt *ck); /* frees what io_ckpt_read allocated */
 /* Reads only the model name and configuration (to rebuild a model before reading). */
 int io_ckpt_peek(const char *path, char **model, int *n_config, char ***keys, char ***vals);
+/* Reads only the vocabularies names[0..n) into out[0..n) (the caller frees each), so a
+ * resumed run can size its model before reading parameters. */
+int io_ckpt_read_vocabs(const char *path, int n, const char *const *names, io_vocab *out);
 /* Prints a human summary (model, step, tensors with shapes and sizes, configuration). */
 int io_ckpt_info(const char *path, void *file /* FILE* */);
 

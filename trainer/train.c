@@ -368,6 +368,7 @@ static int train_step(run *r, nn_stats *out) {
 
     nn_params_zero_grad(ps);
     nn_stats st = {0};
+    int fixed_bad = 0;
     for (size_t k = lo; k < hi && rc == NN_OK; k++) {
         int64_t j0 = (int64_t)k * m, j1 = j0 + m < G ? j0 + m : G;
         for (int64_t j = j0; j < j1 && rc == NN_OK; j++)
@@ -377,7 +378,8 @@ static int train_step(run *r, nn_stats *out) {
                                     (int)(j1 - j0), (uint64_t)r->ts.step);
         if (rc == NN_OK) rc = r->ops->forward_backward(&r->model, &r->batch.b, scale, &st);
         if (rc == NN_OK && r->deterministic) {
-            comm_fixed_accumulate(r->acc, ps->grad, ps->total);
+            if (comm_fixed_accumulate(r->acc, ps->grad, ps->total, COMM_FIXED_SCALE) != COMM_OK)
+                fixed_bad = 1;
             nn_params_zero_grad(ps);
         }
     }
@@ -386,9 +388,14 @@ static int train_step(run *r, nn_stats *out) {
         return rc < 0 ? rc : NN_ERR_DATA;
     }
     if (r->deterministic) {
-        comm_fixed_allreduce(r->c, r->acc, ps->total);
-        comm_fixed_to_float(ps->grad, r->acc, ps->total);
+        int frc = comm_fixed_allreduce(r->c, r->acc, ps->total, fixed_bad);
+        comm_fixed_to_float(ps->grad, r->acc, ps->total, COMM_FIXED_SCALE);
         memset(r->acc, 0, ps->total * sizeof *r->acc);
+        if (frc != COMM_OK) {
+            /* a non-finite or huge gradient: poison one value so the NaN check below
+             * reports it like in the float path */
+            ps->grad[0] = NAN;
+        }
     } else if (r->c->size > 1) {
         comm_allreduce_grads(r->c, ps->grad, ps->total, 1.0f);
     }
