@@ -153,7 +153,12 @@ int io_ckpt_write(const char *path, const io_ckpt *ck);
 /* Reads path into ck, whose tensors/params/slots describe what the model expects.
  * Refuses (IO_ERR_SHAPE / IO_ERR_VERSION / IO_ERR_FORMAT) with io_error() naming the
  * first disagreement: format, version, model name, a missing or extra parameter, a
- * shape. Reads config, train state, vocabularies and metrics too. */
+ * shape. Reads config, train state, vocabularies and metrics too.
+ * ck->model NULL accepts any model name. Each of ck->vocab_names must exist in the file
+ * (IO_ERR_FORMAT otherwise) and is read into ck->vocabs[i] with ids in file order.
+ * Every optimizer slot named in ck->slot_names must exist (IO_ERR_SHAPE otherwise).
+ * Shapes are all checked before any buffer is written; on failure nothing is left
+ * allocated (config, vocabularies, metrics). */
 int io_ckpt_read(const char *path, io_ckpt *ck);
 void io_ckpt_release(io_ckpt *ck); /* frees what io_ckpt_read allocated */
 /* Reads only the model name and configuration (to rebuild a model before reading). */

@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/types.h>
 
 int io_utf8_valid_(const char *s, size_t n) {
     const unsigned char *p = (const unsigned char *)s;
@@ -36,27 +35,42 @@ int io_utf8_valid_(const char *s, size_t n) {
     return 1;
 }
 
+/* Reads byte by byte (getc_unlocked: one stream per caller) so that a file without
+ * newlines never makes the buffer grow past IO_MAX_LINE + 2 bytes. */
 int io_text_next_(FILE *f, char **buf, size_t *cap, size_t *len, const char *path,
                   int64_t *lineno) {
-    errno = 0;
-    ssize_t r = getline(buf, cap, f);
-    if (r < 0) {
+    if (*cap < IO_MAX_LINE + 2) {
+        char *b = realloc(*buf, IO_MAX_LINE + 2);
+        if (!b) { io_set_error("%s: out of memory", path); return IO_ERR_NOMEM; }
+        *buf = b;
+        *cap = IO_MAX_LINE + 2;
+    }
+    char *b = *buf;
+    size_t n = 0;
+    int c;
+    while ((c = getc_unlocked(f)) != EOF && c != '\n') {
+        if (n > IO_MAX_LINE) { /* one byte of slack for a final '\r' */
+            io_set_error("%s:%" PRId64 ": line exceeds the limit of %d bytes", path,
+                         *lineno + 1, IO_MAX_LINE);
+            return IO_ERR_FORMAT;
+        }
+        b[n++] = (char)c;
+    }
+    if (c == EOF) {
         if (ferror(f)) {
             io_set_error("%s:%" PRId64 ": read error: %s", path, *lineno + 1, strerror(errno));
             return IO_ERR_READ;
         }
-        return 0;
+        if (n == 0) return 0;
     }
     (*lineno)++;
-    size_t n = (size_t)r;
-    if (n > 0 && (*buf)[n - 1] == '\n') n--;
-    if (n > 0 && (*buf)[n - 1] == '\r') n--;
+    if (n > 0 && b[n - 1] == '\r') n--;
     if (n > IO_MAX_LINE) {
-        io_set_error("%s:%" PRId64 ": line of %zu bytes exceeds the limit of %d bytes", path,
-                     *lineno, n, IO_MAX_LINE);
+        io_set_error("%s:%" PRId64 ": line exceeds the limit of %d bytes", path, *lineno,
+                     IO_MAX_LINE);
         return IO_ERR_FORMAT;
     }
-    (*buf)[n] = '\0';
+    b[n] = '\0';
     *len = n;
     return 1;
 }
