@@ -41,6 +41,7 @@ const nn_key trainer_keys[] = {
     {"ckpt-every", "0", "checkpoint every N steps (0: only at the end)"},
     {"keep", "3", "checkpoints kept in the run directory"},
     {"resume", "none", "none|auto|PATH: auto takes the newest complete checkpoint in --out"},
+    {"stop-after", "0", "end this invocation after N steps with a checkpoint (0: run to the end)"},
     {"patience", "0", "stop after N evaluations without improvement (0: never)"},
     {"log-every", "10", "progress line every N steps"},
     {"on-nan", "stop", "stop|skip: what a NaN or Inf loss or gradient does"},

@@ -34,7 +34,7 @@ typedef struct run {
 
     /* settings */
     const char *out;
-    long batch_size, micro, log_every, eval_every, ckpt_every, keep, patience, eval_batches;
+    long batch_size, micro, stop_after, log_every, eval_every, ckpt_every, keep, patience, eval_batches;
     long threads;
     int deterministic, skip_nan;
     double clip;
@@ -324,7 +324,7 @@ static int eval_and_log(run *r, const trainer_split *s, const char *name, double
     if (r->c->rank == 0) {
         char txt[512], json[768], line[1024];
         format_stats(r, &st, txt, sizeof txt, json, sizeof json);
-        printf("%s%s step %lld: %s\n", isatty(STDOUT_FILENO) ? "\r\033[K" : "", name,
+        printf("%s%s step %lld: %s\n", trainer_stdout_is_terminal() ? "\r\033[K" : "", name,
                (long long)r->ts.step, txt);
         fflush(stdout);
         snprintf(line, sizeof line, "{\"step\":%lld,\"split\":\"%s\",%s}", (long long)r->ts.step,
@@ -528,6 +528,12 @@ static int resolve_resume(run *r, char *path, size_t plen) {
         const char *v = p;
         p += strlen(p) + 1;
         const char *now = nn_config_get(&r->cfg, k);
+        /* settings of one invocation are not inherited from the checkpoint */
+        static const char *const transient[] = {"resume", "stop-after", "threads", "log-every",
+                                                "config", NULL};
+        int skip = 0;
+        for (int t = 0; transient[t]; t++) skip |= strcmp(k, transient[t]) == 0;
+        if (skip) continue;
         if (!now) {
             rc = nn_config_set(&r->cfg, k, v);
         } else if (strcmp(now, v) != 0 && ops && trainer_is_model_key(ops, k)) {
@@ -560,6 +566,7 @@ static int read_settings(run *r) {
         (rc = nn_config_int(cfg, "ckpt-every", 0, &r->ckpt_every)) < 0 ||
         (rc = nn_config_int(cfg, "keep", 3, &r->keep)) < 0 ||
         (rc = nn_config_int(cfg, "patience", 0, &r->patience)) < 0 ||
+        (rc = nn_config_int(cfg, "stop-after", 0, &r->stop_after)) < 0 ||
         (rc = nn_config_int(cfg, "threads", 0, &r->threads)) < 0 ||
         (rc = nn_config_int(cfg, "seed", 1, &seed)) < 0 ||
         (rc = nn_config_int(cfg, "steps", 0, &steps)) < 0 ||
@@ -571,7 +578,7 @@ static int read_settings(run *r) {
         return rc;
     (void)det;
     if (r->batch_size < 1 || r->micro < 0 || r->log_every < 1 || r->eval_every < 0 ||
-        r->ckpt_every < 0 || r->keep < 1 || r->patience < 0 || r->threads < 0 || steps < 0 ||
+        r->ckpt_every < 0 || r->stop_after < 0 || r->keep < 1 || r->patience < 0 || r->threads < 0 || steps < 0 ||
         epochs < 0 || r->clip < 0 || r->eval_batches < 0) {
         nn_set_error("need --batch-size >= 1, --keep >= 1, --log-every >= 1 and no negative "
                      "--steps, --epochs, --micro-batch, --eval-every, --ckpt-every, "
@@ -627,7 +634,7 @@ static void progress(run *r, const nn_stats *st, double t_start, int64_t first_s
     trainer_fmt_duration(e2, sizeof e2, eta);
     double mean = st->count > 0 ? st->loss / st->count : NAN;
     double rate = el > 0 ? seen / el : 0;
-    int tty = isatty(STDOUT_FILENO);
+    int tty = trainer_stdout_is_terminal();
     if (tty) {
         int w = 24, fill = (int)(w * (double)r->ts.step / (double)r->total_steps);
         char bar[32];
@@ -802,7 +809,7 @@ int trainer_train(const comm *c, int argc, char **argv) {
     const int64_t first = r.ts.step;
     double t_start = trainer_now(), seen = 0;
     nn_stats win = {0};
-    int stop = 0;
+    int stop = 0, preempted = 0;
     int64_t last_saved = -1;
     while (r.ts.step < r.total_steps && !stop) {
         nn_stats st;
@@ -847,6 +854,8 @@ int trainer_train(const comm *c, int argc, char **argv) {
                 }
             }
         }
+        if (r.stop_after > 0 && r.ts.step - first >= r.stop_after && r.ts.step < r.total_steps)
+            stop = preempted = 1;
         int due_ckpt = (r.ckpt_every > 0 && r.ts.step % r.ckpt_every == 0) ||
                        r.ts.step == r.total_steps || stop || improved;
         if (due_ckpt) {
@@ -855,9 +864,10 @@ int trainer_train(const comm *c, int argc, char **argv) {
         }
     }
     if (rc == NN_OK && last_saved != r.ts.step) rc = save(&r, 0);
-    if (rc == NN_OK && r.c->rank == 0 && isatty(STDOUT_FILENO)) printf("\n");
+    if (rc == NN_OK && r.c->rank == 0 && trainer_stdout_is_terminal()) printf("\n");
     double metric;
-    if (rc == NN_OK && r.data.has_test) rc = eval_and_log(&r, &r.data.test, "test", &metric);
+    if (rc == NN_OK && r.data.has_test && !preempted)
+        rc = eval_and_log(&r, &r.data.test, "test", &metric);
     if (rc == NN_OK && r.c->rank == 0) {
         char e1[32];
         trainer_fmt_duration(e1, sizeof e1, trainer_now() - t_start);

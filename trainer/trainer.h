@@ -119,5 +119,8 @@ int trainer_info_cmd(int argc, char **argv);
 /* Human-readable duration "1:02:03" / "2:05" into buf. */
 void trainer_fmt_duration(char *buf, size_t n, double seconds);
 double trainer_now(void); /* monotonic seconds */
+/* 1 when a person watches stdout (live progress bar), 0 for files and pipes (plain
+ * lines). LOCKSTEP_PROGRESS=bar|lines overrides. */
+int trainer_stdout_is_terminal(void);
 
 #endif
