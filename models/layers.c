@@ -66,8 +66,41 @@ void nn_linear_backward(float *dx, float *dW, float *db, const float *dy, const 
 }
 
 /* ---- elementwise activations -------------------------------------------------------- */
-/* Forward loops may run in place (y == x), so no restrict on them; each element is read
- * before it is written. */
+/* The exp-based kernels run in blocks of NN_VB elements: a fixed-length loop GCC turns
+ * into a few vector instructions. The tail goes through the same block function via a
+ * zero-padded local copy, so every element is computed by identical instructions
+ * whatever its position in the array or the array's length: results do not change bit
+ * for bit when a batch is cut differently across ranks. Forward may run in place: a
+ * block is read completely before it is written. */
+#define NN_VB 16
+
+#define NN_MAP1_(blk, y, x, n)                                                          \
+    do {                                                                                \
+        size_t i_ = 0;                                                                  \
+        for (; i_ + NN_VB <= (n); i_ += NN_VB) blk((y) + i_, (x) + i_);                 \
+        if (i_ < (n)) {                                                                 \
+            float a_[NN_VB] = {0}, o_[NN_VB];                                           \
+            memcpy(a_, (x) + i_, ((n) - i_) * sizeof(float));                           \
+            blk(o_, a_);                                                                \
+            memcpy((y) + i_, o_, ((n) - i_) * sizeof(float));                           \
+        }                                                                               \
+    } while (0)
+
+/* dx += dy * f'(c) over blocks; same tail treatment. */
+#define NN_MAP2_(blk, dx, dy, c, n)                                                     \
+    do {                                                                                \
+        size_t i_ = 0;                                                                  \
+        for (; i_ + NN_VB <= (n); i_ += NN_VB) blk((dx) + i_, (dy) + i_, (c) + i_);     \
+        if (i_ < (n)) {                                                                 \
+            float d_[NN_VB] = {0}, g_[NN_VB] = {0}, c_[NN_VB] = {0};                    \
+            size_t r_ = ((n) - i_) * sizeof(float);                                     \
+            memcpy(d_, (dx) + i_, r_);                                                  \
+            memcpy(g_, (dy) + i_, r_);                                                  \
+            memcpy(c_, (c) + i_, r_);                                                   \
+            blk(d_, g_, c_);                                                            \
+            memcpy((dx) + i_, d_, r_);                                                  \
+        }                                                                               \
+    } while (0)
 
 void nn_relu_forward(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -78,17 +111,27 @@ void nn_relu_backward(float *restrict dx, const float *restrict dy, const float 
     for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-void nn_tanh_forward(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = nn_tanh_(x[i]);
+static inline void nn_tanh_blk_(float *y, const float *x) {
+    float t[NN_VB];
+    for (int k = 0; k < NN_VB; k++) t[k] = nn_tanh_(x[k]);
+    memcpy(y, t, sizeof t);
 }
+
+void nn_tanh_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_tanh_blk_, y, x, n); }
 
 void nn_tanh_backward(float *restrict dx, const float *restrict dy, const float *restrict y,
                       size_t n) {
     for (size_t i = 0; i < n; i++) dx[i] += dy[i] * (1.0f - y[i] * y[i]);
 }
 
+static inline void nn_sigmoid_blk_(float *y, const float *x) {
+    float t[NN_VB];
+    for (int k = 0; k < NN_VB; k++) t[k] = nn_sigmoid_(x[k]);
+    memcpy(y, t, sizeof t);
+}
+
 void nn_sigmoid_forward(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = nn_sigmoid_(x[i]);
+    NN_MAP1_(nn_sigmoid_blk_, y, x, n);
 }
 
 void nn_sigmoid_backward(float *restrict dx, const float *restrict dy, const float *restrict y,
@@ -102,25 +145,35 @@ void nn_sigmoid_backward(float *restrict dx, const float *restrict dy, const flo
 #define NN_GELU_K 0.7978845608028654f
 #define NN_GELU_A 0.044715f
 
-void nn_gelu_forward(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
+static inline void nn_gelu_blk_(float *y, const float *x) {
+    float t[NN_VB];
+    for (int k = 0; k < NN_VB; k++) {
+        float v = x[k];
         float u = NN_GELU_K * (v + NN_GELU_A * v * v * v);
-        y[i] = v * nn_sigmoid_(2.0f * u);
+        t[k] = v * nn_sigmoid_(2.0f * u);
     }
+    memcpy(y, t, sizeof t);
 }
 
+void nn_gelu_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_gelu_blk_, y, x, n); }
+
 /* d/dx [x s(2u)] = s + x * 2 s (1 - s) * u', u' = k (1 + 3 a x^2), s = sigmoid(2u). */
-void nn_gelu_backward(float *restrict dx, const float *restrict dy, const float *restrict x,
-                      size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
+static inline void nn_gelu_bwd_blk_(float *dx, const float *dy, const float *x) {
+    float t[NN_VB];
+    for (int k = 0; k < NN_VB; k++) {
+        float v = x[k];
         float v2 = v * v;
         float u = NN_GELU_K * (v + NN_GELU_A * v2 * v);
         float s = nn_sigmoid_(2.0f * u);
         float du = NN_GELU_K * (1.0f + 3.0f * NN_GELU_A * v2);
-        dx[i] += dy[i] * (s + 2.0f * v * s * (1.0f - s) * du);
+        t[k] = dx[k] + dy[k] * (s + 2.0f * v * s * (1.0f - s) * du);
     }
+    memcpy(dx, t, sizeof t);
+}
+
+void nn_gelu_backward(float *restrict dx, const float *restrict dy, const float *restrict x,
+                      size_t n) {
+    NN_MAP2_(nn_gelu_bwd_blk_, dx, dy, x, n);
 }
 
 /* ---- dropout ------------------------------------------------------------------------ */
