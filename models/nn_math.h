@@ -49,4 +49,50 @@ static inline float nn_tanh_(float u) {
 /* 1 / (1 + exp(-x)); exp(-x) is clamped, so no overflow and no 0/0. */
 static inline float nn_sigmoid_(float x) { return 1.0f / (1.0f + nn_exp_(-x)); }
 
+
+/* ---- 8-wide vectors (GCC/clang vector extensions) ---------------------------------- */
+/* For reductions GCC will not keep in registers on its own (running max, argmax, sums):
+ * with explicit vector types the accumulators stay in registers. 32 bytes = one AVX
+ * register; without AVX the compiler splits each operation into SSE halves. */
+typedef float nn_vf __attribute__((vector_size(32)));
+typedef int32_t nn_vi __attribute__((vector_size(32)));
+#define NN_VW 8
+
+static inline nn_vf nn_vload_(const float *p) {
+    nn_vf v;
+    __builtin_memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void nn_vstore_(float *p, nn_vf v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline nn_vf nn_vsplat_(float a) { return (nn_vf){a, a, a, a, a, a, a, a}; }
+/* m ? a : b lane by lane; m is a comparison result (all ones or all zeros). */
+static inline nn_vf nn_vsel_(nn_vi m, nn_vf a, nn_vf b) {
+    return (nn_vf)((m & (nn_vi)a) | (~m & (nn_vi)b));
+}
+static inline nn_vi nn_vseli_(nn_vi m, nn_vi a, nn_vi b) { return (m & a) | (~m & b); }
+
+/* nn_exp_ on 8 lanes, the same algorithm and constants. */
+static inline nn_vf nn_vexp_(nn_vf x) {
+    x = nn_vsel_(x < -87.0f, nn_vsplat_(-87.0f), x);
+    x = nn_vsel_(x > 88.0f, nn_vsplat_(88.0f), x);
+    nn_vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    nn_vf r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    nn_vf p = nn_vsplat_(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    nn_vi e = (__builtin_convertvector(n, nn_vi) + 127) << 23;
+    return p * (nn_vf)e;
+}
+
+static inline float nn_vsum_(nn_vf v) {
+    float s = 0.0f;
+    for (int k = 0; k < NN_VW; k++) s += v[k];
+    return s;
+}
+
 #endif
