@@ -72,7 +72,7 @@ void nn_linear_backward(float *dx, float *dW, float *db, const float *dy, const 
  * whatever its position in the array or the array's length: results do not change bit
  * for bit when a batch is cut differently across ranks. Forward may run in place: a
  * block is read completely before it is written. */
-#define NN_VB 16
+#define NN_VB (2 * NN_VW)
 
 #define NN_MAP1_(blk, y, x, n)                                                          \
     do {                                                                                \
@@ -145,30 +145,37 @@ void nn_sigmoid_backward(float *restrict dx, const float *restrict dy, const flo
 #define NN_GELU_K 0.7978845608028654f
 #define NN_GELU_A 0.044715f
 
+/* -2u = x (c1 + c2 x^2); y = x / (1 + exp(-2u)). Vector types keep the block in registers. */
+#define NN_GELU_C1 (-2.0f * NN_GELU_K)
+#define NN_GELU_C2 (-2.0f * NN_GELU_K * NN_GELU_A)
+
+static inline nn_vf nn_vgelu_(nn_vf v) {
+    nn_vf e = nn_vexp_(v * (NN_GELU_C1 + NN_GELU_C2 * (v * v)));
+    return v / (1.0f + e);
+}
+
 static inline void nn_gelu_blk_(float *y, const float *x) {
-    float t[NN_VB];
-    for (int k = 0; k < NN_VB; k++) {
-        float v = x[k];
-        float u = NN_GELU_K * (v + NN_GELU_A * v * v * v);
-        t[k] = v * nn_sigmoid_(2.0f * u);
-    }
-    memcpy(y, t, sizeof t);
+    nn_vf a = nn_vgelu_(nn_vload_(x)), b = nn_vgelu_(nn_vload_(x + NN_VW));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
 }
 
 void nn_gelu_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_gelu_blk_, y, x, n); }
 
-/* d/dx [x s(2u)] = s + x * 2 s (1 - s) * u', u' = k (1 + 3 a x^2), s = sigmoid(2u). */
+/* With s = sigmoid(2u) = 1 / (1 + exp(-2u)):
+ * d/dx [x s] = s + x * 2 s (1 - s) * u',  u' = k (1 + 3 a x^2). */
+static inline nn_vf nn_vgelu_grad_(nn_vf v) {
+    nn_vf v2 = v * v;
+    nn_vf s = 1.0f / (1.0f + nn_vexp_(v * (NN_GELU_C1 + NN_GELU_C2 * v2)));
+    nn_vf du2 = (2.0f * NN_GELU_K) + (6.0f * NN_GELU_K * NN_GELU_A) * v2; /* 2 u' */
+    return s + v * s * (1.0f - s) * du2;
+}
+
 static inline void nn_gelu_bwd_blk_(float *dx, const float *dy, const float *x) {
-    float t[NN_VB];
-    for (int k = 0; k < NN_VB; k++) {
-        float v = x[k];
-        float v2 = v * v;
-        float u = NN_GELU_K * (v + NN_GELU_A * v2 * v);
-        float s = nn_sigmoid_(2.0f * u);
-        float du = NN_GELU_K * (1.0f + 3.0f * NN_GELU_A * v2);
-        t[k] = dx[k] + dy[k] * (s + 2.0f * v * s * (1.0f - s) * du);
-    }
-    memcpy(dx, t, sizeof t);
+    nn_vf a = nn_vload_(dx) + nn_vload_(dy) * nn_vgelu_grad_(nn_vload_(x));
+    nn_vf b = nn_vload_(dx + NN_VW) + nn_vload_(dy + NN_VW) * nn_vgelu_grad_(nn_vload_(x + NN_VW));
+    nn_vstore_(dx, a);
+    nn_vstore_(dx + NN_VW, b);
 }
 
 void nn_gelu_backward(float *restrict dx, const float *restrict dy, const float *restrict x,

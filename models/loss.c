@@ -33,7 +33,9 @@ typedef struct nn_rowstat_ {
 static inline nn_rowstat_ nn_row_scan_(const float *x, int V, int want_sum) {
     nn_vf m0 = nn_vsplat_(-INFINITY), m1 = m0, s0 = nn_vsplat_(0.0f), s1 = s0;
     nn_vi i0 = {0}, i1 = {0};
-    nn_vi j0 = {0, 1, 2, 3, 4, 5, 6, 7}, j1 = j0 + NN_VW;
+    nn_vi j0, j1;
+    for (int k = 0; k < NN_VW; k++) j0[k] = k;
+    j1 = j0 + NN_VW;
     int j = 0;
     for (; j + 2 * NN_VW <= V; j += 2 * NN_VW) {
         nn_vf v0 = nn_vload_(x + j), v1 = nn_vload_(x + j + NN_VW);

@@ -50,13 +50,20 @@ static inline float nn_tanh_(float u) {
 static inline float nn_sigmoid_(float x) { return 1.0f / (1.0f + nn_exp_(-x)); }
 
 
-/* ---- 8-wide vectors (GCC/clang vector extensions) ---------------------------------- */
+/* ---- native-width vectors (GCC/clang vector extensions) ----------------------------- */
 /* For reductions GCC will not keep in registers on its own (running max, argmax, sums):
- * with explicit vector types the accumulators stay in registers. 32 bytes = one AVX
- * register; without AVX the compiler splits each operation into SSE halves. */
-typedef float nn_vf __attribute__((vector_size(32)));
-typedef int32_t nn_vi __attribute__((vector_size(32)));
+ * with explicit vector types the accumulators stay in registers. NN_VW lanes fill one
+ * register of the target (-march=native: AVX-512 16, AVX 8, else SSE 4). Results are
+ * reproducible for a given build; a build for another ISA may differ in the last bits. */
+#if defined(__AVX512F__)
+#define NN_VW 16 /* lanes: one native register (wider ones change the ABI, -Wpsabi) */
+#elif defined(__AVX__)
 #define NN_VW 8
+#else
+#define NN_VW 4
+#endif
+typedef float nn_vf __attribute__((vector_size(NN_VW * 4)));
+typedef int32_t nn_vi __attribute__((vector_size(NN_VW * 4)));
 
 static inline nn_vf nn_vload_(const float *p) {
     nn_vf v;
@@ -64,14 +71,14 @@ static inline nn_vf nn_vload_(const float *p) {
     return v;
 }
 static inline void nn_vstore_(float *p, nn_vf v) { __builtin_memcpy(p, &v, sizeof v); }
-static inline nn_vf nn_vsplat_(float a) { return (nn_vf){a, a, a, a, a, a, a, a}; }
+static inline nn_vf nn_vsplat_(float a) { return (nn_vf){0} + a; }
 /* m ? a : b lane by lane; m is a comparison result (all ones or all zeros). */
 static inline nn_vf nn_vsel_(nn_vi m, nn_vf a, nn_vf b) {
     return (nn_vf)((m & (nn_vi)a) | (~m & (nn_vi)b));
 }
 static inline nn_vi nn_vseli_(nn_vi m, nn_vi a, nn_vi b) { return (m & a) | (~m & b); }
 
-/* nn_exp_ on 8 lanes, the same algorithm and constants. */
+/* nn_exp_ on NN_VW lanes, the same algorithm and constants. */
 static inline nn_vf nn_vexp_(nn_vf x) {
     x = nn_vsel_(x < -87.0f, nn_vsplat_(-87.0f), x);
     x = nn_vsel_(x > 88.0f, nn_vsplat_(88.0f), x);

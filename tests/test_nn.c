@@ -618,6 +618,14 @@ START_TEST(test_xent_edge_cases_n0_all_ignored_b1) {
     tt[0] = 36;
     nn_xent_forward_backward(NULL, w, tt, 1, 45, -1, 0, 1, &cnt, &cor);
     ck_assert_double_eq(cor, 0.0);
+    static float w2[70];
+    for (int i = 0; i < 70; i++) w2[i] = 0.0f;
+    w2[5] = w2[37] = w2[69] = 2.0f; /* the same vector lane in two blocks, and the tail */
+    for (int k = 0; k < 3; k++) {
+        int32_t tk = k == 0 ? 5 : k == 1 ? 37 : 69;
+        nn_xent_forward_backward(NULL, w2, &tk, 1, 70, -1, 0, 1, &cnt, &cor);
+        ck_assert_double_eq(cor, k == 0 ? 1.0 : 0.0);
+    }
     /* V = 1: loss 0 whatever the logit */
     ck_assert_double_eq_tol(nn_xent_forward_backward(d, x, (int32_t[]){0}, 1, 1, -1, 0, 1, 0, 0),
                             0.0, 1e-7);
