@@ -62,30 +62,6 @@ static inline nn_rowstat_ nn_row_scan_(const float *x, int V, int want_sum) {
     return r;
 }
 
-/* sum_j exp(x_j - mx); when e != NULL also e[j] = exp(x_j - mx). e may equal x: each
- * vector is loaded before the store to the same addresses. */
-static inline float nn_row_expsum_(float *e, const float *x, float mx, int V) {
-    nn_vf s0 = nn_vsplat_(0.0f), s1 = s0;
-    int j = 0;
-    for (; j + 2 * NN_VW <= V; j += 2 * NN_VW) {
-        nn_vf e0 = nn_vexp_(nn_vload_(x + j) - mx);
-        nn_vf e1 = nn_vexp_(nn_vload_(x + j + NN_VW) - mx);
-        s0 += e0;
-        s1 += e1;
-        if (e) {
-            nn_vstore_(e + j, e0);
-            nn_vstore_(e + j + NN_VW, e1);
-        }
-    }
-    float s = nn_vsum_(s0 + s1);
-    for (; j < V; j++) {
-        float t = nn_exp_(x[j] - mx);
-        s += t;
-        if (e) e[j] = t;
-    }
-    return s;
-}
-
 double nn_xent_forward_backward(float *dlogits, const float *logits, const int32_t *targets,
                                 int N, int V, int ignore_index, float label_smoothing,
                                 float grad_scale, double *count, double *correct) {
@@ -104,7 +80,7 @@ double nn_xent_forward_backward(float *dlogits, const float *logits, const int32
         NN_ASSERT(t >= 0 && t < V);
         nn_rowstat_ st = nn_row_scan_(x, V, eps > 0.0f);
         float xt = x[t]; /* read before d (possibly == x) is overwritten */
-        float s = nn_row_expsum_(d, x, st.mx, V);
+        float s = nn_vrow_expsum_(d, x, st.mx, V);
         double lse = (double)st.mx + log((double)s);
         double row = lse - (double)(1.0f - eps) * xt;
         if (eps > 0.0f) row -= (double)eps * st.sx / V;

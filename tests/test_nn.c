@@ -476,7 +476,7 @@ START_TEST(test_dropout_mask_is_deterministic_and_backward_is_exact) {
 END_TEST
 
 START_TEST(test_layernorm_dx_dg_db_match_finite_differences) {
-    enum { N = 3, C = 7 };
+    enum { N = 3, C = 41 }; /* vector blocks and a scalar tail */
     float x[N * C], g[C], b[C], y[N * C], r[N * C], mean[N], rstd[N];
     float dx[N * C] = {0}, dg[C] = {0}, db[C] = {0};
     fill_normal(x, N * C, 2, 13);
@@ -499,17 +499,18 @@ START_TEST(test_layernorm_dx_dg_db_match_finite_differences) {
             ck_assert_float_eq_tol(y[i * C + k], (x[i * C + k] - m) * rs * g[k] + b[k], 1e-5);
     }
     nn_layernorm_backward(dx, dg, db, r, x, mean, rstd, g, N, C);
-    check_grad(fx_loss, &c, x, dx, N * C, 1e-2f, 5e-3, "layernorm dx");
+    check_grad(fx_loss, &c, x, dx, N * C, 3e-2f, 5e-3, "layernorm dx");
     check_grad(fx_loss, &c, g, dg, C, 1e-2f, 2e-3, "layernorm dg");
     check_grad(fx_loss, &c, b, db, C, 1e-2f, 2e-3, "layernorm db");
 }
 END_TEST
 
 START_TEST(test_softmax_rows_match_direct_computation) {
-    enum { N = 3, C = 9 };
+    enum { N = 3, C = 45 }; /* vector blocks and a scalar tail */
     float x[N * C], p[N * C];
     fill_normal(x, N * C, 3, 17);
     x[0] = 1000.0f; /* no overflow */
+    x[C + 3] = x[C + 40] = -INFINITY; /* masked entries get exactly 0 */
     nn_softmax_forward(p, x, N, C);
     for (int i = 0; i < N; i++) {
         double mx = -INFINITY, s = 0;
@@ -518,6 +519,7 @@ START_TEST(test_softmax_rows_match_direct_computation) {
         for (int k = 0; k < C; k++)
             ck_assert_float_eq_tol(p[i * C + k], exp(x[i * C + k] - mx) / s, 1e-6);
     }
+    ck_assert(p[C + 3] == 0.0f && p[C + 40] == 0.0f);
     nn_softmax_forward(x, x, N, C); /* in place */
     ck_assert_int_eq(memcmp(x, p, sizeof p), 0);
 }
