@@ -15,8 +15,9 @@ Tokenisation rules (tokenize):
     joined by inner apostrophes ("don't", "l'homme"), or a decimal number with
     inner "." or "," ("3.14", "1,000", "2.6.32"), or any other single
     non-space character (punctuation, symbols: "-", "(", "/", "_", ...);
-  * with placeholders=True, printf/Python/brace format specifiers ("%s", "%1$d",
-    "%(name)s", "{0}") are kept whole and never lower-cased;
+  * with placeholders=True, printf/strftime/Python/brace format specifiers
+    ("%s", "%1$d", "%-5.2lf", "%H", "%%", "%(name)s", "{0}") are kept whole and
+    never lower-cased;
   * with lower=True (default) every other token is lower-cased.
 Tokens never contain whitespace, so " ".join(tokens) round-trips through TSV.
 """
@@ -33,7 +34,7 @@ import unicodedata
 
 _WORD = r"\d+(?:[.,]\d+)+|[^\W_]+(?:['\u2019][^\W_]+)*|\S"
 _PLACEHOLDER = (r"%(?:\d+\$)?[-+ #0']*(?:\d+|\*)?(?:\.(?:\d+|\*))?"
-                r"(?:hh|h|ll|l|L|q|j|z|t|I64|I32)?[diouxXeEfFgGaAcspn]"
+                r"(?:hh|h|ll|l|L|q|j|z|t|I64|I32)?[A-Za-z]"
                 r"|%\([A-Za-z_]\w*\)[-+ #0]*\d*(?:\.\d+)?[diouxXeEfFgGcrs]"
                 r"|%%"
                 r"|\{\w*\}")

@@ -94,5 +94,128 @@ else
     ok "baselines rejects a row without TAB"
 fi
 
+# ---------------------------------------------------------------- prepare-ende
+if command -v msgfmt >/dev/null 2>&1; then
+    mkdir -p "$tmp/mo"
+    msgfmt -o "$tmp/mo/a.mo" "$D/ende-a.po" && msgfmt -o "$tmp/mo/b.mo" "$D/ende-b.po"
+    ende() { "$@" --mo-dir "$tmp/mo" --heldout 4; }
+    ende "$S/prepare-ende" --out "$tmp/e1" >"$tmp/e1.log" 2>&1
+    check "prepare-ende runs" grep -q "wrote" "$tmp/e1.log"
+    ende "$PY2" "$S/prepare-ende" --out "$tmp/e2" >/dev/null 2>&1
+    for f in train.tsv valid.tsv test.tsv test.ref.de; do
+        check "prepare-ende $f identical across interpreters" cmp -s "$tmp/e1/$f" "$tmp/e2/$f"
+    done
+    E=$tmp/e1
+    cat "$E"/{train,valid,test}.tsv >"$tmp/eall.tsv"
+    check "prepare-ende valid/test not empty" test -s "$E/valid.tsv" -a -s "$E/test.tsv"
+    check "prepare-ende format src<TAB>tgt" \
+        awk -F'\t' 'NF != 2 || $1 == "" || $2 == "" || $0 ~ /  / { exit 1 }' "$tmp/eall.tsv"
+    check "prepare-ende sources unique across splits" \
+        test "$(cut -f1 "$tmp/eall.tsv" | sort | uniq -d | wc -l)" -eq 0
+    check "prepare-ende one reference per test pair" \
+        test "$(wc -l <"$E/test.ref.de")" -eq "$(wc -l <"$E/test.tsv")"
+    has() { grep -qxF -e "$1" "$tmp/eall.tsv"; }
+    hasnt() { ! grep -q -e "$1" "$tmp/eall.tsv"; }
+    T=$'\t'
+    check "prepare-ende strips _ accelerators (msgctxt entry)" has "open${T}öffnen"
+    check "prepare-ende strips & accelerators" has "file${T}datei"
+    check "prepare-ende joins multi-line strings" has "save the current file${T}die aktuelle datei speichern"
+    check "prepare-ende unescapes quotes and tabs" has "say \" hi \" now${T}sag \" hallo \" jetzt"
+    check "prepare-ende strips trailing colons" has "user name${T}benutzername"
+    check "prepare-ende keeps identifiers" has "lc _ all is set${T}lc _ all ist gesetzt"
+    check "prepare-ende keeps %s whole, first translation wins" \
+        has "cannot open file %s${T}datei %s kann nicht geöffnet werden"
+    check "prepare-ende splits aligned option lines" \
+        has "- q , - - quiet print nothing${T}- q , - - quiet nichts ausgeben"
+    check "prepare-ende keeps re-wrapped prose whole" \
+        has "this sentence is wrapped over two lines .${T}dieser satz ist über zwei zeilen umbrochen ."
+    check "prepare-ende skips plurals" hasnt "%d file"
+    check "prepare-ende skips untranslatable copies" hasnt "internet"
+    check "prepare-ende skips pairs equal after unescaping" hasnt "jerry"
+    check "prepare-ende length filter" hasnt "fiftyone"
+    check "prepare-ende ratio filter" hasnt "sicher"
+    check "prepare-ende pair count" test "$(wc -l <"$tmp/eall.tsv")" -eq 40
+    # references are the cased, detokenised targets of test.tsv, in order
+    check "prepare-ende references match test targets" "$PY2" - "$S" "$E" <<'PYEOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+import lib_text
+tgt = [l.rstrip("\n").split("\t")[1] for l in open(sys.argv[2] + "/test.tsv", encoding="utf-8")]
+ref = [l.rstrip("\n") for l in open(sys.argv[2] + "/test.ref.de", encoding="utf-8")]
+assert len(tgt) == len(ref) > 0
+for t, r in zip(tgt, ref):
+    assert " ".join(lib_text.tokenize(r, placeholders=True)) == t, (t, r)
+    assert r != r.lower() or not any(c.isalpha() for c in r), r   # casing kept
+PYEOF
+    sleep 1
+    ende "$S/prepare-ende" --out "$tmp/e1" >"$tmp/e1b.log" 2>&1
+    check "prepare-ende second run is a no-op" grep -q "up to date" "$tmp/e1b.log"
+    cp "$E/train.tsv" "$tmp/etrain.before"
+    ende "$S/prepare-ende" --out "$tmp/e1" --force >"$tmp/e1c.log" 2>&1
+    check "prepare-ende --force same bytes" cmp -s "$tmp/etrain.before" "$E/train.tsv"
+else
+    bad "msgfmt missing (install gettext): prepare-ende not tested"
+fi
+# PO parser and cleaning rules that msgfmt cannot express (fuzzy, obsolete)
+check "prepare-ende PO parser and accelerator rules" "$PY2" - "$S" <<'PYEOF'
+import sys
+from importlib.machinery import SourceFileLoader
+sys.path.insert(0, sys.argv[1])
+pe = SourceFileLoader("pe", sys.argv[1] + "/prepare-ende").load_module()
+po = r'''msgid ""
+msgstr "Content-Type: text/plain; charset=UTF-8\n"
+
+#, c-format, fuzzy
+msgid "fuzzy one"
+msgstr "unscharf"
+
+#~ msgid "old one"
+#~ msgstr "alt"
+
+# translator comment
+msgctxt "verb"
+msgid "Print"
+msgstr "Drucken"
+
+msgid "a\101\x42\\ \"q\""
+"\n"
+msgstr ""
+"x"
+"y"
+
+msgid "%d file"
+msgid_plural "%d files"
+msgstr[0] "%d Datei"
+msgstr[1] "%d Dateien"
+'''
+es = list(pe.parse_po(po))
+ids = [e["id"] for e in es]
+assert ids == ["", "fuzzy one", "Print", 'aAB\\ "q"\n', "%d file"], ids
+assert es[1]["fuzzy"] and not es[2]["fuzzy"]
+assert not es[2]["obsolete"]
+assert es[2]["ctxt"] == "verb" and es[2]["str"][0] == "Drucken"
+assert es[3]["str"][0] == "xy"
+assert es[4]["id_plural"] == "%d files" and es[4]["str"][1] == "%d Dateien"
+assert pe.strip_accel("_Open", "Ö_ffnen") == ("Open", "Öffnen")
+assert pe.strip_accel("max_len is 3", "max_len ist 3") == ("max_len is 3", "max_len ist 3")
+assert pe.strip_accel("&Save && quit", "&Sichern && beenden") == ("Save && quit", "Sichern && beenden")
+assert pe.strip_accel("Use &amp;", "Nimm &amp;") == ("Use &amp;", "Nimm &amp;")
+assert pe.clean("  Name \n :") == "Name"
+assert pe.pairs_of("-a x\n-b y\n", "-a X\n-b Y\n") == [("-a x", "-a X"), ("-b y", "-b Y")]
+assert pe.pairs_of("one\ntwo\n", "eins\nzwei\n") == [("one\ntwo\n", "eins\nzwei\n")]
+PYEOF
+check "lib_text tokenizer rules" "$PY2" - "$S" <<'PYEOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+from lib_text import tokenize
+assert tokenize("Don't PANIC: v2.6.32, 3,5 ms (x86_64)!") == \
+    ["don't", "panic", ":", "v2", ".", "6.32", ",", "3,5", "ms", "(", "x86", "_", "64", ")", "!"]
+assert tokenize("\ufb01le Stra\u00dfe") == ["file", "straße"]
+assert tokenize("Got %S and %1$d, 100%% {0}", placeholders=True) == \
+    ["got", "%S", "and", "%1$d", ",", "100", "%%", "{0}"]
+assert tokenize("got %s") == ["got", "%", "s"]
+assert tokenize(" \n\t ") == []
+PYEOF
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
