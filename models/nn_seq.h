@@ -125,4 +125,18 @@ size_t nn_rnn_step_scratch(const nn_rnn *r, int B);
 void nn_rnn_step(const nn_rnn *r, float *y, float *h, float *c, const float *x, int B,
                  float *scratch);
 
+/* ---- sequence models (seqmodels.c; listed in nn_models) ------------------------------ */
+/* cnn-classifier: embedding -> Conv1D per width -> ReLU -> global max|mean pool -> concat ->
+ * dropout -> linear -> softmax xent. Keys: dim, filters, width (list), pool, padding,
+ * dropout. Parameters embedding/weight, conv_<i>/weight (F,dim,k), conv_<i>/bias,
+ * output/weight, output/bias. */
+extern const nn_model_ops nn_cnn_classifier_ops;
+/* rnn-classifier: embedding -> stack -> final valid state (both directions) -> dropout ->
+ * linear -> softmax xent. Keys: cell, bidirectional, merge, layers, hidden, dim, dropout. */
+extern const nn_model_ops nn_rnn_classifier_ops;
+/* rnn-lm: embedding -> dropout -> stack -> dropout -> linear (V) -> xent over non-pad
+ * targets (stats: loss sum and token count; perplexity exp(loss/count)). Keys: cell,
+ * layers, hidden, dim, dropout, bptt, carry (lanes), tie. Implements generate. */
+extern const nn_model_ops nn_rnn_lm_ops;
+
 #endif
