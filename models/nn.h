@@ -283,4 +283,6 @@ void nn_model_free(nn_model *m); /* zero-safe, idempotent */
  * cross-entropy, or one logit + sigmoid BCE when classes == 2. Keys: dim, dropout. */
 extern const nn_model_ops nn_bow_classifier_ops;
 
+#include "models/nn_seq.h"
+
 #endif

@@ -5,5 +5,8 @@
 
 const nn_model_ops *const nn_models[] = {
     &nn_bow_classifier_ops,
+    &nn_cnn_classifier_ops,
+    &nn_rnn_classifier_ops,
+    &nn_rnn_lm_ops,
     NULL,
 };
