@@ -284,5 +284,6 @@ void nn_model_free(nn_model *m); /* zero-safe, idempotent */
 extern const nn_model_ops nn_bow_classifier_ops;
 
 #include "models/nn_seq.h"
+#include "models/nn_s2s.h"
 
 #endif

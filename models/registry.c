@@ -8,5 +8,6 @@ const nn_model_ops *const nn_models[] = {
     &nn_cnn_classifier_ops,
     &nn_rnn_classifier_ops,
     &nn_rnn_lm_ops,
+    &nn_seq2seq_ops,
     NULL,
 };
