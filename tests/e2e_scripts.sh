@@ -217,5 +217,64 @@ assert tokenize("got %s") == ["got", "%", "s"]
 assert tokenize(" \n\t ") == []
 PYEOF
 
+# --------------------------------------------------------------- prepare-prose
+P=$D/prose
+prose() { "$@" --man-dir "$P/man" --doc-dir "$P/doc" --desc "$tmp/d1/train.tsv" --heldout-pct 20; }
+prose "$S/prepare-prose" --out "$tmp/p1" >"$tmp/p1.log" 2>&1
+check "prepare-prose runs" grep -q "wrote" "$tmp/p1.log"
+prose "$PY2" "$S/prepare-prose" --out "$tmp/p2" >/dev/null 2>&1
+for s in train valid test; do
+    check "prepare-prose $s identical across interpreters" cmp -s "$tmp/p1/$s.txt" "$tmp/p2/$s.txt"
+done
+cat "$tmp/p1"/{train,valid,test}.txt >"$tmp/pall.txt"
+check "prepare-prose valid/test not empty" test -s "$tmp/p1/valid.txt" -a -s "$tmp/p1/test.txt"
+check "prepare-prose lines unique across splits (global dedup)" \
+    test "$(sort "$tmp/pall.txt" | uniq -d | wc -l)" -eq 0
+check "prepare-prose boilerplate kept once" \
+    test "$(grep -c 'shared boilerplate paragraph' "$tmp/pall.txt")" -eq 1
+phas() { grep -qxF -e "$1" "$tmp/pall.txt"; }
+for w in macrobodyonly synopsisonly codeblockonly tableonly seealsoonly germanpageonly \
+         copyrightonly changelogonly ignoredbinary numbers "short one"; do
+    check "prepare-prose drops '$w'" sh -c "! grep -qi '$w' '$tmp/pall.txt'"
+done
+check "prepare-prose roff fonts and glyphs" \
+    phas "the demo tool frobnicates files quickly . it reads every input file once — and only once ."
+check "prepare-prose .TP body is its own line" phas "print every frobnicated file name as it goes by ."
+check "prepare-prose NAME line" phas "demo - frobnicate files for the test suite"
+check "prepare-prose mdoc" phas "the frob utility reads file and writes - o out ."
+check "prepare-prose joins wrapped text paragraphs" \
+    phas "this readme paragraph is wrapped over three lines of the plain text file ."
+check "prepare-prose .txt files" phas "second paragraph of the notes , also plain prose ."
+check "prepare-prose words only from the .so page once" \
+    test "$(grep -c 'frobnicate files for the test suite' "$tmp/pall.txt")" -eq 1
+# package descriptions: all of desc train, all in prose train
+check "prepare-prose desc train lines in prose train" \
+    test "$(cut -f2 "$tmp/d1/train.tsv" | sort | comm -23 - <(sort "$tmp/p1/train.txt") | wc -l)" -eq 0
+check "prepare-prose no desc valid/test text" \
+    test "$(cut -f2 "$tmp/d1/valid.tsv" "$tmp/d1/test.tsv" | sort | comm -12 - <(sort "$tmp/pall.txt") | wc -l)" -eq 0
+check "prepare-prose word counts match the files" "$PY2" - "$tmp/p1" <<'PYEOF'
+import sys, re
+d = sys.argv[1]
+st = open(d + "/stats.txt").read()
+m = re.search(r"split train (\d+) valid (\d+) test (\d+)", st)
+for s, n in zip(("train", "valid", "test"), m.groups()):
+    assert sum(len(l.split()) for l in open("%s/%s.txt" % (d, s), encoding="utf-8")) == int(n), s
+PYEOF
+# compressed man pages give the same lines
+cp -r "$P" "$tmp/pz" && gzip -n "$tmp/pz/man/man1/demo.1"
+"$S/prepare-prose" --man-dir "$tmp/pz/man" --doc-dir "$tmp/pz/doc" --desc "$tmp/none" --out "$tmp/p3" >/dev/null 2>&1
+check "prepare-prose reads .gz man pages" \
+    grep -qxF 'print every frobnicated file name as it goes by .' "$tmp/p3/train.txt" "$tmp/p3/valid.txt" "$tmp/p3/test.txt"
+# --max-words stops after the document that reaches the cap
+prose "$S/prepare-prose" --out "$tmp/p4" --max-words 50 >/dev/null 2>&1
+n4=$(cat "$tmp/p4"/*.txt | wc -w)
+check "prepare-prose --max-words caps ($n4 words)" test "$n4" -ge 50 -a "$n4" -lt 150
+sleep 1
+prose "$S/prepare-prose" --out "$tmp/p1" >"$tmp/p1b.log" 2>&1
+check "prepare-prose second run is a no-op" grep -q "up to date" "$tmp/p1b.log"
+cp "$tmp/p1/train.txt" "$tmp/ptrain.before"
+prose "$S/prepare-prose" --out "$tmp/p1" --force >/dev/null 2>&1
+check "prepare-prose --force same bytes" cmp -s "$tmp/ptrain.before" "$tmp/p1/train.txt"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
