@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "trainer/bleu.h"
+#include "trainer/infer.h"
 #include "trainer/trainer.h"
 
 static void usage(FILE *f) {
@@ -13,6 +15,11 @@ static void usage(FILE *f) {
             "  train --model NAME [--config FILE] [--key value ...]   train (see train --help)\n"
             "  eval --ckpt FILE [--valid F] [--test F]                evaluate a checkpoint\n"
             "  info CKPT                                              what a checkpoint holds\n"
+            "  translate --ckpt FILE [--beam B] [--len-alpha A] < src > hyp\n"
+            "                                                         decode tokenised lines\n"
+            "  generate --ckpt FILE [--prompt TEXT] [--temperature T] [--top-k K] [--max-out N]\n"
+            "                                                         sample from a language model\n"
+            "  bleu REF HYP [REF2 ...]                                corpus BLEU as sacreBLEU\n"
             "  help                                                   this text\n"
             "\n"
             "Run under `mpirun -np N lockstep ...` for N data-parallel ranks.\n");
@@ -27,6 +34,13 @@ int main(int argc, char **argv) {
     const char *cmd = argv[1];
     if (strcmp(cmd, "info") == 0) {
         int rc = trainer_info_cmd(argc - 2, argv + 2);
+        if (rc < 0) fprintf(stderr, "lockstep: error: %s\n", nn_error());
+        return rc < 0 ? 1 : 0;
+    }
+    if (strcmp(cmd, "bleu") == 0) return bleu_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "translate") == 0 || strcmp(cmd, "generate") == 0) {
+        int rc = strcmp(cmd, "translate") == 0 ? trainer_translate_cmd(argc - 2, argv + 2)
+                                               : trainer_generate_cmd(argc - 2, argv + 2);
         if (rc < 0) fprintf(stderr, "lockstep: error: %s\n", nn_error());
         return rc < 0 ? 1 : 0;
     }

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "trainer/bleu.h"
 #include "trainer/trainer.h"
 
 /* ---- the run ------------------------------------------------------------------------- */
@@ -50,6 +51,13 @@ typedef struct run {
     int order;              /* 0 shuffle, 1 sequential, 2 lanes */
     int64_t *slots;         /* (micro) example ids of the current micro-batch */
     int64_t *acc;           /* deterministic mode: fixed-point gradient sums */
+    int bleu, eval_beam;    /* decode and score BLEU during evaluation */
+    double len_alpha;
+    int max_out;
+    int32_t *hyp;           /* (micro, max_out) decoded ids */
+    char *hyp_txt, *ref_txt;/* scratch strings for BLEU */
+    size_t txt_cap;
+    double last_bleu;
 } run;
 
 enum { ORDER_SHUFFLE, ORDER_SEQUENTIAL, ORDER_LANES };
@@ -254,6 +262,38 @@ static int load(run *r, const char *path) {
 
 /* ---- evaluation ------------------------------------------------------------------------ */
 
+/* ids up to </s> as space-separated words; <unk> in references never matches. */
+static void ids_text(const io_vocab *v, const int32_t *ids, int n, int is_ref, char *out,
+                     size_t cap) {
+    size_t o = 0;
+    out[0] = 0;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] == IO_EOS) break;
+        if (ids[i] == IO_PAD || ids[i] == IO_BOS || ids[i] < 0 || ids[i] >= v->n) continue;
+        const char *w = ids[i] == IO_UNK ? (is_ref ? "<unk-ref>" : "<unk>") : v->word[ids[i]];
+        size_t l = strlen(w);
+        if (o + l + 2 >= cap) break;
+        if (o) out[o++] = ' ';
+        memcpy(out + o, w, l);
+        o += l;
+        out[o] = 0;
+    }
+}
+
+/* Decodes the batch and adds its BLEU statistics. */
+static int bleu_batch(run *r, bleu_stats *bs) {
+    const nn_batch *b = &r->batch.b;
+    int rc = r->ops->decode(&r->model, b, r->eval_beam, (float)r->len_alpha, r->max_out, r->hyp);
+    for (int i = 0; rc == NN_OK && i < b->B; i++) {
+        ids_text(&r->data.tgt, r->hyp + (size_t)i * r->max_out, r->max_out, 0, r->hyp_txt,
+                 r->txt_cap);
+        ids_text(&r->data.tgt, b->y + (size_t)i * b->U, b->y_len[i], 1, r->ref_txt, r->txt_cap);
+        const char *refs[1] = {r->ref_txt};
+        bleu_add_sentence(bs, r->hyp_txt, refs, 1);
+    }
+    return rc;
+}
+
 /* Collective. Sums stats over split s (sharded across ranks). */
 static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
     memset(tot, 0, sizeof *tot);
@@ -264,19 +304,38 @@ static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
     comm_slice((size_t)n, r->c->rank, r->c->size, &lo, &hi);
     int rc = NN_OK;
     nn_stats st = {0};
+    bleu_stats bs;
+    memset(&bs, 0, sizeof bs);
     for (size_t i = lo; i < hi && rc == NN_OK; i += (size_t)r->micro) {
         int b = (int)((hi - i) < (size_t)r->micro ? (hi - i) : (size_t)r->micro);
         for (int k = 0; k < b; k++) r->slots[k] = (int64_t)(i + (size_t)k);
         rc = trainer_batch_fill(&r->batch, &r->data, s, r->slots, b, (uint64_t)r->ts.step);
         if (rc == NN_OK) rc = r->ops->evaluate(&r->model, &r->batch.b, &st);
+        if (rc == NN_OK && r->bleu) rc = bleu_batch(r, &bs);
     }
     if (comm_any(r->c, rc < 0)) {
         if (rc == NN_OK) nn_set_error("evaluation failed on another rank");
         return rc < 0 ? rc : NN_ERR_DATA;
     }
-    double v[3 + NN_STATS_EXTRA] = {st.loss, st.count, st.correct};
+    /* loss sums, model extras and BLEU sufficient statistics in one reduction */
+    enum { NB = 2 * BLEU_ORDER + 2 };
+    double v[3 + NN_STATS_EXTRA + NB] = {st.loss, st.count, st.correct};
     for (int k = 0; k < NN_STATS_EXTRA; k++) v[3 + k] = st.extra[k];
-    comm_allreduce_sum_f64(r->c, v, 3 + NN_STATS_EXTRA);
+    double *vb = v + 3 + NN_STATS_EXTRA;
+    for (int k = 0; k < BLEU_ORDER; k++) {
+        vb[k] = bs.match[k];
+        vb[BLEU_ORDER + k] = bs.total[k];
+    }
+    vb[2 * BLEU_ORDER] = bs.hyp_len;
+    vb[2 * BLEU_ORDER + 1] = bs.ref_len;
+    comm_allreduce_sum_f64(r->c, v, 3 + NN_STATS_EXTRA + NB);
+    for (int k = 0; k < BLEU_ORDER; k++) {
+        bs.match[k] = vb[k];
+        bs.total[k] = vb[BLEU_ORDER + k];
+    }
+    bs.hyp_len = vb[2 * BLEU_ORDER];
+    bs.ref_len = vb[2 * BLEU_ORDER + 1];
+    r->last_bleu = r->bleu ? bleu_score(&bs, NULL, NULL) : NAN;
     tot->loss = v[0];
     tot->count = v[1];
     tot->correct = v[2];
@@ -284,9 +343,11 @@ static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
     return NN_OK;
 }
 
-/* Higher is better: accuracy for classifiers, minus the mean loss otherwise. */
+/* Higher is better: BLEU for translators, accuracy for classifiers, minus the mean loss
+ * otherwise. */
 static double metric_of(const run *r, const nn_stats *st) {
     if (st->count <= 0) return -INFINITY;
+    if (r->bleu) return r->last_bleu;
     if (r->data.kind == IO_TEXT_CLASSIFY) return st->correct / st->count;
     return -st->loss / st->count;
 }
@@ -305,6 +366,11 @@ static void format_stats(const run *r, const nn_stats *st, char *txt, size_t tn,
         double ppl = exp(mean);
         k += snprintf(txt + k, tn - (size_t)k, "  ppl %.2f", ppl);
         j += snprintf(json + j, jn - (size_t)j, ",\"ppl\":%.4f", ppl);
+    }
+    if (r->bleu) {
+        k += snprintf(txt + k, tn - (size_t)k, "  BLEU %.2f (beam %d)", r->last_bleu, r->eval_beam);
+        j += snprintf(json + j, jn - (size_t)j, ",\"bleu\":%.4f,\"beam\":%d", r->last_bleu,
+                      r->eval_beam);
     }
     if (r->ops->stat_names) {
         for (int e = 0; e < NN_STATS_EXTRA && r->ops->stat_names[e]; e++) {
@@ -555,7 +621,7 @@ static int resolve_resume(run *r, char *path, size_t plen) {
 
 static int read_settings(run *r) {
     const nn_config *cfg = &r->cfg;
-    long seed, steps, epochs, det;
+    long seed, steps, epochs, det, beam;
     const char *order, *on_nan;
     int rc;
     if ((rc = nn_config_int(cfg, "batch-size", 32, &r->batch_size)) < 0 ||
@@ -574,8 +640,17 @@ static int read_settings(run *r) {
         (rc = nn_config_bool(cfg, "deterministic", 0, &r->deterministic)) < 0 ||
         (rc = nn_config_float(cfg, "clip", 0, &r->clip)) < 0 ||
         (rc = nn_config_choice(cfg, "order", "shuffle", "shuffle|sequential|lanes", &order)) < 0 ||
-        (rc = nn_config_choice(cfg, "on-nan", "stop", "stop|skip", &on_nan)) < 0)
+        (rc = nn_config_choice(cfg, "on-nan", "stop", "stop|skip", &on_nan)) < 0 ||
+        (rc = nn_config_bool(cfg, "bleu", 1, &r->bleu)) < 0 ||
+        (rc = nn_config_int(cfg, "eval-beam", 1, &beam)) < 0 ||
+        (rc = nn_config_float(cfg, "len-alpha", 0.6, &r->len_alpha)) < 0)
         return rc;
+    if (beam < 1 || beam > 64) {
+        nn_set_error("--eval-beam must be in 1..64, got %ld", beam);
+        return NN_ERR_CONFIG;
+    }
+    r->eval_beam = (int)beam;
+    if (!r->ops->decode || strcmp(r->ops->data_kind, "parallel") != 0) r->bleu = 0;
     (void)det;
     if (r->batch_size < 1 || r->micro < 0 || r->log_every < 1 || r->eval_every < 0 ||
         r->ckpt_every < 0 || r->stop_after < 0 || r->keep < 1 || r->patience < 0 || r->threads < 0 || steps < 0 ||
@@ -666,6 +741,9 @@ static void run_free(run *r) {
     free(r->perm);
     free(r->slots);
     free(r->acc);
+    free(r->hyp);
+    free(r->hyp_txt);
+    free(r->ref_txt);
 }
 
 /* Collective. Everything before the first step. Returns 1 if resumed. */
@@ -772,6 +850,14 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
     if ((rc = trainer_batch_init(&r->batch, &r->data, (int)r->micro)) < 0) return rc;
     r->slots = calloc((size_t)r->micro, sizeof *r->slots);
     if (!r->slots) return NN_ERR_NOMEM;
+    if (r->bleu) {
+        r->max_out = r->data.dims.max_len_tgt + 8;
+        r->txt_cap = (size_t)r->max_out * 64 + 64;
+        r->hyp = calloc((size_t)r->micro * (size_t)r->max_out, sizeof *r->hyp);
+        r->hyp_txt = malloc(r->txt_cap);
+        r->ref_txt = malloc(r->txt_cap);
+        if (!r->hyp || !r->hyp_txt || !r->ref_txt) return NN_ERR_NOMEM;
+    }
     if (r->deterministic) {
         r->acc = calloc(r->model.params.total ? r->model.params.total : 1, sizeof *r->acc);
         if (!r->acc) return NN_ERR_NOMEM;
