@@ -628,6 +628,12 @@ START_TEST(test_xent_edge_cases_n0_all_ignored_b1) {
         nn_xent_forward_backward(NULL, w2, &tk, 1, 70, -1, 0, 1, &cnt, &cor);
         ck_assert_double_eq(cor, k == 0 ? 1.0 : 0.0);
     }
+    int32_t nb = 4; /* the max at 5 is not a hit for a neighbouring target */
+    nn_xent_forward_backward(NULL, w2, &nb, 1, 70, -1, 0, 1, &cnt, &cor);
+    ck_assert_double_eq(cor, 0.0);
+    nb = 6;
+    nn_xent_forward_backward(NULL, w2, &nb, 1, 70, -1, 0, 1, &cnt, &cor);
+    ck_assert_double_eq(cor, 0.0);
     /* V = 1: loss 0 whatever the logit */
     ck_assert_double_eq_tol(nn_xent_forward_backward(d, x, (int32_t[]){0}, 1, 1, -1, 0, 1, 0, 0),
                             0.0, 1e-7);
