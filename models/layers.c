@@ -197,12 +197,25 @@ void nn_dropout_forward(float *y, float *mask, const float *x, size_t n, int row
         return;
     }
     float keep = 1.0f / (1.0f - p);
+    /* Element j of a row is dropped when nn_rng_uniform of its row's generator, draw
+     * j + 1, is below p: (hash >> 40) * 2^-24 < p, i.e. (hash >> 40) < p * 2^24 (exact,
+     * 2^24 scales a float exactly). Written as a plain loop over j (what nn_rng_u64
+     * computes for counter j + 1) so GCC vectorises the hash. */
+    const uint64_t thresh = (uint64_t)ceilf(p * 16777216.0f);
     size_t rows = n / (size_t)row;
     for (size_t r = 0; r < rows; r++) {
         uint64_t idx = row_index ? (uint64_t)row_index[r] : (uint64_t)r;
-        nn_rng g = nn_rng_make(seed, step, idx, NN_RNG_DROPOUT);
+        uint64_t key = nn_rng_make(seed, step, idx, NN_RNG_DROPOUT).key;
         float *restrict m = mask + r * (size_t)row;
-        for (int j = 0; j < row; j++) m[j] = nn_rng_uniform(&g) < p ? 0.0f : keep;
+        for (int j = 0; j < row; j++) {
+            uint64_t z = key + (uint64_t)(j + 1) * UINT64_C(0x9E3779B97F4A7C15);
+            z ^= z >> 30;
+            z *= UINT64_C(0xBF58476D1CE4E5B9);
+            z ^= z >> 27;
+            z *= UINT64_C(0x94D049BB133111EB);
+            z ^= z >> 31;
+            m[j] = (z >> 40) < thresh ? 0.0f : keep;
+        }
         const float *xr = x + r * (size_t)row;
         float *yr = y + r * (size_t)row;
         for (int j = 0; j < row; j++) yr[j] = xr[j] * m[j];

@@ -458,6 +458,13 @@ START_TEST(test_dropout_mask_is_deterministic_and_backward_is_exact) {
         ck_assert(y[i] == x[i] * m[i]);
     }
     ck_assert_int_lt(abs(dropped - 400), 60);
+    /* the documented rule: element j of row r is dropped when draw j of
+     * nn_rng_make(seed, step, row index, NN_RNG_DROPOUT) is below p */
+    for (int rr = 0; rr < R; rr++) {
+        nn_rng g = nn_rng_make(7, 3, (uint64_t)rr, NN_RNG_DROPOUT);
+        for (int j = 0; j < C; j++)
+            ck_assert_int_eq(m[rr * C + j] == 0.0f, nn_rng_uniform(&g) < p);
+    }
     memset(dx, 0, sizeof dx);
     nn_dropout_backward(dx, r, m, n);
     check_grad(fx_loss, &c, x, dx, n, 1e-2f, 1e-3, "dropout");
