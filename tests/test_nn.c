@@ -641,6 +641,10 @@ START_TEST(test_xent_edge_cases_n0_all_ignored_b1) {
     nb = 6;
     nn_xent_forward_backward(NULL, w2, &nb, 1, 70, -1, 0, 1, &cnt, &cor);
     ck_assert_double_eq(cor, 0.0);
+    /* a NaN logit makes the loss NaN (the trainer's check), it is not skipped */
+    w2[50] = NAN;
+    nb = 5;
+    ck_assert(isnan(nn_xent_forward_backward(NULL, w2, &nb, 1, 70, -1, 0, 1, &cnt, &cor)));
     /* V = 1: loss 0 whatever the logit */
     ck_assert_double_eq_tol(nn_xent_forward_backward(d, x, (int32_t[]){0}, 1, 1, -1, 0, 1, 0, 0),
                             0.0, 1e-7);
