@@ -535,7 +535,7 @@ END_TEST
 /* ---- losses ------------------------------------------------------------------------- */
 
 START_TEST(test_xent_equals_direct_log_softmax) {
-    enum { N = 5, V = 53 }; /* 3 vector blocks of 16 and a tail of 5 */
+    enum { N = 5, V = 53 }; /* vector blocks and a scalar tail on any ISA */
     float x[N * V], d[N * V];
     int32_t t[N] = {3, 0, 10, 50, 3};
     fill_normal(x, N * V, 3, 18);
@@ -567,8 +567,37 @@ START_TEST(test_xent_equals_direct_log_softmax) {
 }
 END_TEST
 
+/* Reference values from PyTorch 1.13 (/usr/bin/python3): F.cross_entropy(x, t,
+ * ignore_index=-1, label_smoothing=0.1, reduction='sum') and its x.grad; F.gelu(g,
+ * approximate='tanh') and its derivative. Independent of this code. */
+START_TEST(test_xent_and_gelu_match_pytorch) {
+    float x[15] = {1.5f, -0.25f, 3.0f, 0.5f, -2.0f, 0.0f, 1.0f, 2.0f, 3.0f, 4.0f,
+                   2.5f, 2.5f, -1.0f, 0.75f, 0.125f};
+    int32_t t[3] = {2, -1, 4};
+    const float ref_g[15] = {0.145192593f, 0.0087061692f, -0.1796581f, 0.0407709591f,
+                             -0.0150116142f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.415353149f,
+                             0.415353149f, -0.00685347524f, 0.0556530282f, -0.879505813f};
+    float d[15];
+    double l = nn_xent_forward_backward(d, x, t, 3, 5, -1, 0.1f, 1.0f, NULL, NULL);
+    ck_assert_double_eq_tol(l, 3.66724086, 1e-6);
+    for (int i = 0; i < 15; i++) ck_assert_float_eq_tol(d[i], ref_g[i], 2e-7f);
+    float g[8] = {-3.0f, -1.0f, -0.5f, 0.0f, 0.25f, 1.0f, 2.0f, 4.0f}, y[8], dg[8] = {0},
+          one[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    const float ref_y[8] = {-0.00363743305f, -0.158807993f, -0.154285997f, 0.0f, 0.149675354f,
+                            0.841192007f, 1.95459771f, 3.9999299f};
+    const float ref_d[8] = {-0.0115842968f, -0.0829640925f, 0.13263011f, 0.5f, 0.695354104f,
+                            1.08296406f, 1.08609927f, 1.00033498f};
+    nn_gelu_forward(y, g, 8);
+    nn_gelu_backward(dg, one, g, 8);
+    for (int i = 0; i < 8; i++) {
+        ck_assert_float_eq_tol(y[i], ref_y[i], 3e-7f);
+        ck_assert_float_eq_tol(dg[i], ref_d[i], 2e-6f);
+    }
+}
+END_TEST
+
 START_TEST(test_xent_gradient_with_ignore_index_and_label_smoothing) {
-    enum { N = 5, V = 37 }; /* 2 vector blocks of 16 and a tail of 5 */
+    enum { N = 5, V = 37 }; /* vector blocks and a scalar tail on any ISA */
     float x[N * V], d[N * V], d2[N * V], d3[N * V];
     int32_t t[N] = {2, -1, 36, 17, -1};
     fill_normal(x, N * V, 1.5f, 19);
@@ -918,6 +947,7 @@ static Suite *nn_suite(void) {
         {"xent", test_xent_equals_direct_log_softmax},
         {"xent", test_xent_gradient_with_ignore_index_and_label_smoothing},
         {"xent", test_xent_edge_cases_n0_all_ignored_b1},
+        {"xent", test_xent_and_gelu_match_pytorch},
         {"bce", test_bce_gradient_and_stability},
         {"gradcheck", test_gradcheck_detects_wrong_gradients_and_restores_x},
         {"bow", test_bow_softmax_gradients_match_finite_differences},
