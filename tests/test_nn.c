@@ -428,6 +428,29 @@ END_TEST
 START_TEST(test_gelu_backward_matches_finite_differences) { check_activation(K_GELU, "gelu"); }
 END_TEST
 
+START_TEST(test_empty_inputs_touch_nothing) {
+    float x[4] = {1, 2, 3, 4}, y[4] = {7, 7, 7, 7}, m[4] = {7, 7, 7, 7}, W[4] = {1, 1, 1, 1};
+    int32_t ids[1] = {2};
+    nn_relu_forward(y, x, 0);
+    nn_tanh_forward(y, x, 0);
+    nn_sigmoid_forward(y, x, 0);
+    nn_gelu_forward(y, x, 0);
+    nn_gelu_backward(y, x, x, 0);
+    nn_dropout_forward(y, m, x, 0, 4, 0.5f, 1, 1, NULL);
+    nn_embedding_forward(y, ids, W, 0, 2);
+    nn_linear_forward(y, x, W, W, 0, 2, 2);
+    nn_linear_backward(y, W, W, x, x, W, 0, 2, 2);
+    nn_layernorm_forward(y, m, m, x, W, W, 0, 4);
+    nn_softmax_forward(y, x, 0, 4);
+    for (int i = 0; i < 4; i++) ck_assert(y[i] == 7.0f && m[i] == 7.0f && W[i] == 1.0f);
+    nn_params ps = {0};
+    ck_assert_int_eq(nn_params_alloc(&ps, 1), NN_OK); /* an empty registry is fine */
+    ck_assert_uint_eq(ps.total, 0);
+    nn_params_zero_grad(&ps);
+    nn_params_free(&ps);
+}
+END_TEST
+
 START_TEST(test_activations_saturate_without_nan) {
     float x[6] = {-1e30f, -200.0f, -88.5f, 88.5f, 200.0f, 1e30f}, y[6], dx[6] = {0},
           one[6] = {1, 1, 1, 1, 1, 1};
@@ -941,6 +964,7 @@ static Suite *nn_suite(void) {
         {"sigmoid", test_sigmoid_backward_matches_finite_differences},
         {"gelu", test_gelu_backward_matches_finite_differences},
         {"activations", test_activations_saturate_without_nan},
+        {"activations", test_empty_inputs_touch_nothing},
         {"dropout", test_dropout_mask_is_deterministic_and_backward_is_exact},
         {"layernorm", test_layernorm_dx_dg_db_match_finite_differences},
         {"softmax", test_softmax_rows_match_direct_computation},
