@@ -258,6 +258,20 @@ typedef struct nn_model_ops {
     /* Optional: continue prompt (n ids) into out (max_out ids); returns count generated. */
     int (*generate)(nn_model *m, const int32_t *prompt, int n, int max_out, float temperature,
                     int top_k, uint64_t seed, int32_t *out);
+    /* Optional, for models fitted from sufficient statistics instead of gradients (pca).
+     * fit_size: number of doubles of statistics. fit_accumulate ADDS batch b's sums into
+     * acc (fit_size doubles, zeroed by the caller). The trainer sums acc over ranks and
+     * calls fit_finish with the total and n = the number of examples it covers; it
+     * stores the fit in the parameters (so it lands in the checkpoint). */
+    size_t (*fit_size)(nn_model *m);
+    int (*fit_accumulate)(nn_model *m, const nn_batch *b, double *acc);
+    int (*fit_finish)(nn_model *m, const double *acc, double n);
+    /* Optional: picture number `panel` (0, 1, ...) for batch b as a grey image img (h,w),
+     * values in [0,1], row-major, in a caller buffer of at least 1<<22 floats; *name gets
+     * a static name ("reconstructions", "samples", "interpolation"). Returns
+     * NN_ERR_UNSUPPORTED past the last panel. */
+    int (*visualize)(nn_model *m, const nn_batch *b, int panel, float *img, int *h, int *w,
+                     const char **name);
 } nn_model_ops;
 
 struct nn_model {
@@ -277,5 +291,7 @@ const nn_model_ops *nn_model_find(const char *name); /* NULL when unknown */
 int nn_model_init(nn_model *m, const nn_model_ops *ops, const nn_config *cfg, const nn_dims *d,
                   uint64_t seed);
 void nn_model_free(nn_model *m); /* zero-safe, idempotent */
+
+#include "nn_ae.h"
 
 #endif
