@@ -342,6 +342,39 @@ START_TEST(test_autoencoder_rejects_bad_configuration) {
 }
 END_TEST
 
+START_TEST(test_models_take_empty_and_single_example_batches) {
+    /* B = 1: the sparsity mean is over one row; B = 0 adds nothing and succeeds */
+    const char *kl[] = {"hidden=6", "activation=sigmoid", "sparse=kl", "sparse-weight=0.5", NULL};
+    check_model_grad(&nn_autoencoder_ops, 9, 1, 0, kl, 0, 1e-2f, 2e-2, "ae sparse kl B=1");
+    const char *v[] = {"hidden=5", "latent=2", "activation=tanh", NULL};
+    check_model_grad(&nn_vae_ops, 9, 1, 0, v, 0, 1e-2f, 2e-2, "vae B=1");
+    const nn_model_ops *ops[] = {&nn_autoencoder_ops, &nn_vae_ops, &nn_pca_ops};
+    for (int k = 0; k < 3; k++) {
+        const char *kv[] = {"hidden=4", "components=2", NULL};
+        nn_model m;
+        ck_assert_int_eq(build_model(&m, ops[k], 9, 3, 0, k == 2 ? kv + 1 : kv), 0);
+        nn_batch b = {0};
+        b.D = 9;
+        nn_stats st = {0};
+        if (ops[k]->fit_size == NULL)
+            ck_assert_int_eq(ops[k]->forward_backward(&m, &b, 1.0f, &st), 0);
+        ck_assert_int_eq(ops[k]->evaluate(&m, &b, &st), 0);
+        ck_assert(st.loss == 0.0 && st.count == 0.0 && st.extra[0] == 0.0);
+        /* too many rows for max_batch, or the wrong width, is the caller's data error */
+        float x[4 * 9] = {0};
+        b.B = 4;
+        b.xf = x;
+        if (ops[k]->fit_size == NULL) {
+            ck_assert_int_eq(ops[k]->evaluate(&m, &b, &st), NN_ERR_DATA);
+            b.B = 2;
+            b.D = 8;
+            ck_assert_int_eq(ops[k]->forward_backward(&m, &b, 1.0f, &st), NN_ERR_DATA);
+        }
+        nn_model_free(&m);
+    }
+}
+END_TEST
+
 /* ---- vae ---------------------------------------------------------------------------- */
 
 START_TEST(test_vae_gradients_with_fixed_noise) {
@@ -674,6 +707,7 @@ static Suite *ae_suite(void) {
     tcase_add_test(tc, test_autoencoder_supervised_head_gradients);
     tcase_add_test(tc, test_autoencoder_greedy_pretraining_trains_one_layer_at_a_time);
     tcase_add_test(tc, test_autoencoder_rejects_bad_configuration);
+    tcase_add_test(tc, test_models_take_empty_and_single_example_batches);
     tcase_add_test(tc, test_denoising_autoencoder_beats_its_noisy_input_on_held_out_digits);
     suite_add_tcase(s, tc);
     tc = tcase_create("vae");
