@@ -200,4 +200,10 @@ int io_mkdirs(const char *dir);
 int io_write_file_atomic(const char *path, const void *data, size_t n);
 const char *io_hdf5_version(void);
 
+/* ---- pictures (png.c, libpng) ------------------------------------------------------ */
+/* Writes img (h,w), row-major, values in [0,1] (clamped; NaN as 0), as an 8-bit grey PNG
+ * at path via a temporary file and rename. IO_OK, or a negative io_status with io_error()
+ * set; on failure nothing is left under path. */
+int io_png_write_gray(const char *path, const float *img, int h, int w);
+
 #endif

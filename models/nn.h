@@ -262,6 +262,20 @@ typedef struct nn_model_ops {
     /* Optional: continue prompt (n ids) into out (max_out ids); returns count generated. */
     int (*generate)(nn_model *m, const int32_t *prompt, int n, int max_out, float temperature,
                     int top_k, uint64_t seed, int32_t *out);
+    /* Optional, for models fitted from sufficient statistics instead of gradients (pca).
+     * fit_size: number of doubles of statistics. fit_accumulate ADDS batch b's sums into
+     * acc (fit_size doubles, zeroed by the caller). The trainer sums acc over ranks and
+     * calls fit_finish with the total and n = the number of examples it covers; it
+     * stores the fit in the parameters (so it lands in the checkpoint). */
+    size_t (*fit_size)(nn_model *m);
+    int (*fit_accumulate)(nn_model *m, const nn_batch *b, double *acc);
+    int (*fit_finish)(nn_model *m, const double *acc, double n);
+    /* Optional: picture number `panel` (0, 1, ...) for batch b as a grey image img (h,w),
+     * values in [0,1], row-major, in a caller buffer of at least 1<<22 floats; *name gets
+     * a static name ("reconstructions", "samples", "interpolation"). Returns
+     * NN_ERR_UNSUPPORTED past the last panel. */
+    int (*visualize)(nn_model *m, const nn_batch *b, int panel, float *img, int *h, int *w,
+                     const char **name);
 } nn_model_ops;
 
 struct nn_model {
@@ -289,5 +303,6 @@ extern const nn_model_ops nn_bow_classifier_ops;
 
 #include "models/nn_seq.h"
 #include "models/nn_s2s.h"
+#include "models/nn_ae.h"
 
 #endif

@@ -9,5 +9,8 @@ const nn_model_ops *const nn_models[] = {
     &nn_rnn_classifier_ops,
     &nn_rnn_lm_ops,
     &nn_seq2seq_ops,
+    &nn_autoencoder_ops,
+    &nn_vae_ops,
+    &nn_pca_ops,
     NULL,
 };
