@@ -496,6 +496,61 @@ static int train_step(run *r, nn_stats *out) {
     return NN_OK;
 }
 
+/* ---- models fitted from sufficient statistics (pca) ------------------------------------- */
+
+/* Collective. One pass over the training split, sharded across ranks; the statistics are
+ * summed over ranks and every rank finishes the fit identically. */
+static int fit_model(run *r) {
+    size_t n = r->ops->fit_size(&r->model);
+    double *acc = calloc(n ? n : 1, sizeof *acc);
+    int rc = acc ? NN_OK : NN_ERR_NOMEM;
+    size_t lo, hi;
+    comm_slice((size_t)r->data.train.n, r->c->rank, r->c->size, &lo, &hi);
+    for (size_t i = lo; i < hi && rc == NN_OK; i += (size_t)r->micro) {
+        int b = (int)((hi - i) < (size_t)r->micro ? (hi - i) : (size_t)r->micro);
+        for (int k = 0; k < b; k++) r->slots[k] = (int64_t)(i + (size_t)k);
+        rc = trainer_batch_fill(&r->batch, &r->data, &r->data.train, r->slots, b, 0);
+        if (rc == NN_OK) rc = r->ops->fit_accumulate(&r->model, &r->batch.b, acc);
+    }
+    if (comm_any(r->c, rc < 0)) {
+        free(acc);
+        if (rc == NN_OK) nn_set_error("fitting failed on another rank");
+        return rc < 0 ? rc : NN_ERR_DATA;
+    }
+    comm_allreduce_sum_f64(r->c, acc, n);
+    rc = r->ops->fit_finish(&r->model, acc, (double)r->data.train.n);
+    free(acc);
+    if (comm_any(r->c, rc < 0)) return rc < 0 ? rc : NN_ERR_NUMERIC;
+    r->ts.step = r->total_steps = 1;
+    r->ts.examples_seen = r->data.train.n;
+    return NN_OK;
+}
+
+/* Rank 0: pictures of what the model does on the first examples of split s, written as
+ * <out>/<panel name>.png. Best effort: a failure is a warning, not the end of the run. */
+static void write_pictures(run *r, const trainer_split *s) {
+    if (!r->ops->visualize || r->c->rank != 0 || s->n == 0) return;
+    int b = (int)(s->n < r->micro ? s->n : r->micro);
+    if (b > 16) b = 16;
+    for (int k = 0; k < b; k++) r->slots[k] = k;
+    if (trainer_batch_fill(&r->batch, &r->data, s, r->slots, b, (uint64_t)r->ts.step) < 0) return;
+    float *img = malloc(sizeof(float) << 22);
+    if (!img) return;
+    for (int panel = 0; panel < 16; panel++) {
+        int h = 0, w = 0;
+        const char *name = NULL;
+        int rc = r->ops->visualize(&r->model, &r->batch.b, panel, img, &h, &w, &name);
+        if (rc < 0) break;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s.png", r->out, name ? name : "panel");
+        if (io_png_write_gray(path, img, h, w) < 0)
+            fprintf(stderr, "lockstep: warning: %s\n", io_error());
+        else
+            printf("lockstep: wrote %s (%dx%d)\n", path, w, h);
+    }
+    free(img);
+}
+
 /* ---- set-up ---------------------------------------------------------------------------- */
 
 static int local_ranks(const comm *c) {
@@ -894,6 +949,19 @@ int trainer_train(const comm *c, int argc, char **argv) {
 
     const int64_t first = r.ts.step;
     double t_start = trainer_now(), seen = 0;
+    if (r.ops->fit_size && r.ts.step == 0) {
+        /* fitted, not trained: one pass, then the usual evaluation and checkpoint */
+        if ((rc = fit_model(&r)) < 0) {
+            run_free(&r);
+            return rc;
+        }
+        seen = (double)r.data.train.n;
+        double metric;
+        if (r.data.has_valid && (rc = eval_and_log(&r, &r.data.valid, "valid", &metric)) < 0) {
+            run_free(&r);
+            return rc;
+        }
+    }
     nn_stats win = {0};
     int stop = 0, preempted = 0;
     int64_t last_saved = -1;
@@ -954,6 +1022,9 @@ int trainer_train(const comm *c, int argc, char **argv) {
     double metric;
     if (rc == NN_OK && r.data.has_test && !preempted)
         rc = eval_and_log(&r, &r.data.test, "test", &metric);
+    if (rc == NN_OK && !preempted)
+        write_pictures(&r, r.data.has_test ? &r.data.test : r.data.has_valid ? &r.data.valid
+                                                                               : &r.data.train);
     if (rc == NN_OK && r.c->rank == 0) {
         char e1[32];
         trainer_fmt_duration(e1, sizeof e1, trainer_now() - t_start);
