@@ -278,4 +278,6 @@ int nn_model_init(nn_model *m, const nn_model_ops *ops, const nn_config *cfg, co
                   uint64_t seed);
 void nn_model_free(nn_model *m); /* zero-safe, idempotent */
 
+#include "nn_attn.h" /* attention and transformer layers (models/attn.c, models/gpt.c) */
+
 #endif
