@@ -278,6 +278,11 @@ int nn_model_init(nn_model *m, const nn_model_ops *ops, const nn_config *cfg, co
                   uint64_t seed);
 void nn_model_free(nn_model *m); /* zero-safe, idempotent */
 
+/* ---- the models compiled in (listed in nn_models, models/registry.c) ---------------- */
+/* bow-classifier (bow.c): mean of token embeddings -> dropout -> linear -> softmax
+ * cross-entropy, or one logit + sigmoid BCE when classes == 2. Keys: dim, dropout. */
+extern const nn_model_ops nn_bow_classifier_ops;
+
 #include "nn_attn.h" /* attention and transformer layers (models/attn.c, models/gpt.c) */
 
 #endif

@@ -1,0 +1,10 @@
+/* registry.c - the table of every model compiled into lockstep.
+ * Adding a model: define its nn_model_ops in its own file, declare it in nn.h, list it
+ * here. Nothing else refers to models by name. */
+#include "models/nn.h"
+
+const nn_model_ops *const nn_models[] = {
+    &nn_bow_classifier_ops,
+    &nn_gpt_ops,
+    NULL,
+};
