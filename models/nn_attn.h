@@ -113,4 +113,13 @@ int nn_gpt_logits(nn_model *m, const int32_t *x, int B, int T, float *logits);
  * as one chunk, then one token at a time; logits (T,V) of every position. */
 int nn_gpt_cached_logits(nn_model *m, const int32_t *x, int T, int first, float *logits);
 
+/* --model transformer: encoder-decoder with cross-attention, data_kind "parallel": x (B,T)
+ * source ids, y (B,U) target ids ending in NN_EOS, NN_PAD-padded; the decoder reads NN_BOS
+ * then y shifted right. decode: greedy (beam 1) or beam search scored by the sum of log
+ * probabilities over ((5+len)/6)^len_alpha, with key/value caches. Same keys as gpt
+ * (defaults layers 3, relu, sinusoidal, dropout 0.1, label-smoothing 0.1). */
+extern const nn_model_ops nn_transformer_ops;
+/* For tests: teacher-forced logits (B,U,Vt) of batch b in evaluation mode. */
+int nn_transformer_logits(nn_model *m, const nn_batch *b, float *logits);
+
 #endif

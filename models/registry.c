@@ -6,5 +6,6 @@
 const nn_model_ops *const nn_models[] = {
     &nn_bow_classifier_ops,
     &nn_gpt_ops,
+    &nn_transformer_ops,
     NULL,
 };

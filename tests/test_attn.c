@@ -536,6 +536,217 @@ START_TEST(test_gpt_rejects_bad_configs_and_batches) {
 }
 END_TEST
 
+
+/* ---- transformer (encoder-decoder) --------------------------------------------------------------- */
+
+typedef struct xfm_case {
+    nn_model m;
+    int32_t x[32], y[32];
+    int64_t index[4];
+    nn_batch b;
+} xfm_case;
+
+static void xfm_case_init(xfm_case *c, const char *const *kv, int Vs, int Vt, int B, int T, int U,
+                          float std) {
+    nn_config cfg = {0};
+    for (int i = 0; kv[i]; i += 2) nn_config_set(&cfg, kv[i], kv[i + 1]);
+    nn_dims d = {0};
+    d.vocab = Vs, d.vocab_tgt = Vt, d.max_len = T, d.max_len_tgt = U, d.max_batch = B;
+    memset(&c->m, 0, sizeof c->m);
+    int rc = nn_model_init(&c->m, &nn_transformer_ops, &cfg, &d, 43);
+    ck_assert_msg(rc == 0, "init: %s", nn_error());
+    nn_config_free(&cfg);
+    nn_params *ps = &c->m.params;
+    for (int i = 0; i < ps->n; i++) {
+        nn_param *p = &ps->p[i];
+        nn_rng r = nn_rng_make(8, (uint64_t)i, 0, NN_RNG_USER);
+        for (size_t j = 0; j < p->size; j++) {
+            float *w = ps->data + p->offset + j;
+            if (strstr(p->name, "/g")) *w = 1.0f + 0.3f * nn_rng_normal(&r);
+            else *w = std * nn_rng_normal(&r);
+        }
+    }
+    nn_rng r = nn_rng_make(4, 0, 0, NN_RNG_USER);
+    for (int i = 0; i < B * T; i++) c->x[i] = 4 + (int32_t)nn_rng_below(&r, (uint32_t)Vs - 4);
+    for (int i = 0; i < B * U; i++) c->y[i] = 4 + (int32_t)nn_rng_below(&r, (uint32_t)Vt - 4);
+    /* example 1: a short source (padded) and a short target ending in EOS */
+    for (int t = T / 2; t < T; t++) c->x[T + t] = NN_PAD;
+    c->y[U - 1] = NN_EOS;
+    c->y[U + 1] = NN_EOS;
+    for (int u = 2; u < U; u++) c->y[U + u] = NN_PAD;
+    for (int i = 0; i < B; i++) c->index[i] = 7 + i;
+    memset(&c->b, 0, sizeof c->b);
+    c->b.B = B, c->b.T = T, c->b.U = U, c->b.x = c->x, c->b.y = c->y, c->b.index = c->index;
+    c->b.step = 3;
+}
+
+static double xfm_loss(void *ctx) {
+    xfm_case *c = ctx;
+    nn_stats st = {0};
+    ck_assert_int_eq(c->m.ops->forward_backward(&c->m, &c->b, 1.0f, &st), 0);
+    return st.loss;
+}
+
+static void check_xfm_gradients(const char *const *kv) {
+    static xfm_case c;
+    xfm_case_init(&c, kv, 11, 13, 2, 4, 4, 0.3f);
+    nn_params *ps = &c.m.params;
+    nn_params_zero_grad(ps);
+    xfm_loss(&c);
+    float *g = malloc(ps->total * sizeof *g);
+    memcpy(g, ps->grad, ps->total * sizeof *g);
+    for (int i = 0; i < ps->n; i++) {
+        nn_param *p = &ps->p[i];
+        int bad = fd_check(xfm_loss, &c, ps->data + p->offset, g + p->offset, p->size, 1e-2f, 10,
+                           2e-2, 2e-3, p->name);
+        ck_assert_msg(bad == 0, "%s: %s has %d gradient mismatches", kv[1], p->name, bad);
+    }
+    free(g);
+    nn_model_free(&c.m);
+}
+
+START_TEST(test_transformer_pre_ln_cross_attention_gradients) {
+    const char *kv[] = {"norm", "pre", "layers", "2", "heads", "2", "dim", "8", "ff", "12",
+                        "context", "4", "activation", "gelu", "dropout", "0.2", NULL};
+    check_xfm_gradients(kv);
+}
+END_TEST
+
+START_TEST(test_transformer_post_ln_learned_untied_gradients) {
+    const char *kv[] = {"norm", "post", "layers", "1", "heads", "2", "dim", "8", "ff", "12",
+                        "context", "4", "pos", "learned", "tie", "0", "dropout", "0", "activation", "gelu", NULL};
+    check_xfm_gradients(kv);
+}
+END_TEST
+
+/* Sum of target log-probabilities of y (1,U) under teacher forcing, and its length
+ * normalised score. */
+static double seq_score(nn_model *m, const int32_t *x, int T, const int32_t *y, int U, int V,
+                        float alpha) {
+    nn_batch b = {0};
+    b.B = 1, b.T = T, b.U = U, b.x = x, b.y = y;
+    static float lg[16 * 64];
+    ck_assert_int_eq(nn_transformer_logits(m, &b, lg), 0);
+    double s = 0;
+    for (int u = 0; u < U; u++) {
+        double mx = -INFINITY, z = 0;
+        for (int j = 0; j < V; j++) mx = fmax(mx, lg[u * V + j]);
+        for (int j = 0; j < V; j++) z += exp(lg[u * V + j] - mx);
+        s += lg[u * V + y[u]] - mx - log(z);
+    }
+    return s / (alpha == 0.0f ? 1.0 : pow((5.0 + U) / 6.0, alpha));
+}
+
+START_TEST(test_transformer_greedy_decode_matches_teacher_forced_argmax) {
+    const char *kv[] = {"layers", "2", "heads", "2", "dim", "8", "ff", "12", "context", "8",
+                        "dropout", "0", NULL};
+    static xfm_case c;
+    enum { V = 9, T = 5, MAXO = 8 };
+    xfm_case_init(&c, kv, 10, V, 2, T, MAXO, 0.6f);
+    nn_batch b = c.b;
+    int32_t out[2 * MAXO];
+    ck_assert_int_eq(c.m.ops->decode(&c.m, &b, 1, 0.0f, MAXO, out), 0);
+    for (int e = 0; e < 2; e++) {
+        const int32_t *o = out + e * MAXO;
+        int n = 0;
+        while (n < MAXO && o[n] != NN_PAD && o[n] != NN_EOS) n++;
+        int len = n < MAXO && o[n] == NN_EOS ? n + 1 : n;
+        for (int u = len; u < MAXO; u++) ck_assert_int_eq(o[u], NN_PAD);
+        /* each token is the argmax (over ids other than PAD and BOS) given its prefix */
+        static float lg[MAXO * V];
+        nn_batch tb = {0};
+        tb.B = 1, tb.T = T, tb.U = len, tb.x = c.x + e * T, tb.y = o;
+        ck_assert_int_ge(len, 1);
+        ck_assert_int_eq(nn_transformer_logits(&c.m, &tb, lg), 0);
+        for (int u = 0; u < len; u++) {
+            int best = -1;
+            for (int j = 0; j < V; j++)
+                if (j != NN_PAD && j != NN_BOS && (best < 0 || lg[u * V + j] > lg[u * V + best]))
+                    best = j;
+            ck_assert_int_eq(o[u], best);
+        }
+    }
+    nn_model_free(&c.m);
+}
+END_TEST
+
+START_TEST(test_transformer_wide_beam_finds_the_exhaustive_best) {
+    const char *kv[] = {"layers", "1", "heads", "2", "dim", "8", "ff", "12", "context", "6",
+                        "dropout", "0", NULL};
+    static xfm_case c;
+    enum { V = 6, T = 4, MAXO = 3 };
+    xfm_case_init(&c, kv, 9, V, 1, T, MAXO, 0.8f);
+    for (int a = 0; a < 3; a++) { /* several length penalties */
+        float alpha = 0.6f * a;
+        int32_t out[MAXO];
+        ck_assert_int_eq(c.m.ops->decode(&c.m, &c.b, 36, alpha, MAXO, out), 0);
+        int len = 0;
+        while (len < MAXO && out[len] != NN_PAD) len++;
+        double got = seq_score(&c.m, c.x, T, out, len, V, alpha);
+        /* every sequence of up to MAXO tokens from {UNK, EOS, 4, 5} that ends at EOS or at
+         * MAXO tokens */
+        const int32_t toks[4] = {NN_UNK, NN_EOS, 4, 5};
+        double best = -INFINITY;
+        for (int code = 0; code < 4 * 4 * 4; code++) {
+            int32_t s[MAXO];
+            int n = 0, c2 = code;
+            for (; n < MAXO; n++) {
+                s[n] = toks[c2 % 4];
+                c2 /= 4;
+                if (s[n] == NN_EOS) {
+                    n++;
+                    break;
+                }
+            }
+            if (n < MAXO && c2 % 4 != 0) continue; /* count each short sequence once */
+            best = fmax(best, seq_score(&c.m, c.x, T, s, n, V, alpha));
+        }
+        ck_assert_double_eq_tol(got, best, 1e-4);
+    }
+    nn_model_free(&c.m);
+}
+END_TEST
+
+START_TEST(test_transformer_beam_is_at_least_as_good_as_greedy) {
+    const char *kv[] = {"layers", "2", "heads", "2", "dim", "8", "ff", "12", "context", "8",
+                        "dropout", "0", NULL};
+    static xfm_case c;
+    enum { V = 12, T = 5, MAXO = 6 };
+    xfm_case_init(&c, kv, 10, V, 2, T, MAXO, 0.7f);
+    int32_t g[2 * MAXO], bm[2 * MAXO];
+    ck_assert_int_eq(c.m.ops->decode(&c.m, &c.b, 1, 1.0f, MAXO, g), 0);
+    ck_assert_int_eq(c.m.ops->decode(&c.m, &c.b, 4, 1.0f, MAXO, bm), 0);
+    for (int e = 0; e < 2; e++) {
+        int lg = 0, lb = 0;
+        while (lg < MAXO && g[e * MAXO + lg] != NN_PAD) lg++;
+        while (lb < MAXO && bm[e * MAXO + lb] != NN_PAD) lb++;
+        double sg = seq_score(&c.m, c.x + e * T, T, g + e * MAXO, lg, V, 1.0f);
+        double sb = seq_score(&c.m, c.x + e * T, T, bm + e * MAXO, lb, V, 1.0f);
+        ck_assert_double_ge(sb, sg - 1e-5);
+    }
+    nn_model_free(&c.m);
+}
+END_TEST
+
+START_TEST(test_transformer_rejects_bad_batches) {
+    const char *kv[] = {"layers", "1", "heads", "2", "dim", "8", "ff", "12", "context", "4", NULL};
+    static xfm_case c;
+    xfm_case_init(&c, kv, 10, 9, 2, 4, 4, 0.3f);
+    nn_stats st = {0};
+    c.y[0] = 9; /* outside the target vocabulary */
+    ck_assert_int_eq(c.m.ops->forward_backward(&c.m, &c.b, 1.0f, &st), NN_ERR_DATA);
+    c.y[0] = 5;
+    c.b.U = 5;
+    ck_assert_int_eq(c.m.ops->evaluate(&c.m, &c.b, &st), NN_ERR_SHAPE);
+    c.b.U = 4;
+    ck_assert_int_eq(c.m.ops->evaluate(&c.m, &c.b, &st), 0);
+    ck_assert(isfinite(st.loss) && st.count == 4 + 2);
+    int32_t out[8];
+    ck_assert_int_eq(c.m.ops->decode(&c.m, &c.b, 0, 0.0f, 4, out), NN_ERR_SHAPE);
+    nn_model_free(&c.m);
+}
+END_TEST
+
 /* ---- dump for the PyTorch cross-check ------------------------------------------------------------ */
 
 /* A raw tensor file: int32 kind (0 float32, 1 int32), int32 ndim, int32 dims[ndim], then
@@ -659,6 +870,15 @@ static Suite *attn_suite(void) {
     tcase_add_test(g, test_gpt_generate_top_k_sampling_is_keyed_and_bounded);
     tcase_add_test(g, test_gpt_rejects_bad_configs_and_batches);
     suite_add_tcase(s, g);
+    TCase *x = tcase_create("transformer");
+    tcase_set_timeout(x, 60);
+    tcase_add_test(x, test_transformer_pre_ln_cross_attention_gradients);
+    tcase_add_test(x, test_transformer_post_ln_learned_untied_gradients);
+    tcase_add_test(x, test_transformer_greedy_decode_matches_teacher_forced_argmax);
+    tcase_add_test(x, test_transformer_wide_beam_finds_the_exhaustive_best);
+    tcase_add_test(x, test_transformer_beam_is_at_least_as_good_as_greedy);
+    tcase_add_test(x, test_transformer_rejects_bad_batches);
+    suite_add_tcase(s, x);
     return s;
 }
 
