@@ -72,7 +72,7 @@ void nn_linear_backward(float *dx, float *dW, float *db, const float *dy, const 
  * whatever its position in the array or the array's length: results do not change bit
  * for bit when a batch is cut differently across ranks. Forward may run in place: a
  * block is read completely before it is written. */
-#define NN_VB 16
+#define NN_VB (2 * NN_VW)
 
 #define NN_MAP1_(blk, y, x, n)                                                          \
     do {                                                                                \
@@ -145,30 +145,37 @@ void nn_sigmoid_backward(float *restrict dx, const float *restrict dy, const flo
 #define NN_GELU_K 0.7978845608028654f
 #define NN_GELU_A 0.044715f
 
+/* -2u = x (c1 + c2 x^2); y = x / (1 + exp(-2u)). Vector types keep the block in registers. */
+#define NN_GELU_C1 (-2.0f * NN_GELU_K)
+#define NN_GELU_C2 (-2.0f * NN_GELU_K * NN_GELU_A)
+
+static inline nn_vf nn_vgelu_(nn_vf v) {
+    nn_vf e = nn_vexp_(v * (NN_GELU_C1 + NN_GELU_C2 * (v * v)));
+    return v / (1.0f + e);
+}
+
 static inline void nn_gelu_blk_(float *y, const float *x) {
-    float t[NN_VB];
-    for (int k = 0; k < NN_VB; k++) {
-        float v = x[k];
-        float u = NN_GELU_K * (v + NN_GELU_A * v * v * v);
-        t[k] = v * nn_sigmoid_(2.0f * u);
-    }
-    memcpy(y, t, sizeof t);
+    nn_vf a = nn_vgelu_(nn_vload_(x)), b = nn_vgelu_(nn_vload_(x + NN_VW));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
 }
 
 void nn_gelu_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_gelu_blk_, y, x, n); }
 
-/* d/dx [x s(2u)] = s + x * 2 s (1 - s) * u', u' = k (1 + 3 a x^2), s = sigmoid(2u). */
+/* With s = sigmoid(2u) = 1 / (1 + exp(-2u)):
+ * d/dx [x s] = s + x * 2 s (1 - s) * u',  u' = k (1 + 3 a x^2). */
+static inline nn_vf nn_vgelu_grad_(nn_vf v) {
+    nn_vf v2 = v * v;
+    nn_vf s = 1.0f / (1.0f + nn_vexp_(v * (NN_GELU_C1 + NN_GELU_C2 * v2)));
+    nn_vf du2 = (2.0f * NN_GELU_K) + (6.0f * NN_GELU_K * NN_GELU_A) * v2; /* 2 u' */
+    return s + v * s * (1.0f - s) * du2;
+}
+
 static inline void nn_gelu_bwd_blk_(float *dx, const float *dy, const float *x) {
-    float t[NN_VB];
-    for (int k = 0; k < NN_VB; k++) {
-        float v = x[k];
-        float v2 = v * v;
-        float u = NN_GELU_K * (v + NN_GELU_A * v2 * v);
-        float s = nn_sigmoid_(2.0f * u);
-        float du = NN_GELU_K * (1.0f + 3.0f * NN_GELU_A * v2);
-        t[k] = dx[k] + dy[k] * (s + 2.0f * v * s * (1.0f - s) * du);
-    }
-    memcpy(dx, t, sizeof t);
+    nn_vf a = nn_vload_(dx) + nn_vload_(dy) * nn_vgelu_grad_(nn_vload_(x));
+    nn_vf b = nn_vload_(dx + NN_VW) + nn_vload_(dy + NN_VW) * nn_vgelu_grad_(nn_vload_(x + NN_VW));
+    nn_vstore_(dx, a);
+    nn_vstore_(dx + NN_VW, b);
 }
 
 void nn_gelu_backward(float *restrict dx, const float *restrict dy, const float *restrict x,
@@ -190,12 +197,25 @@ void nn_dropout_forward(float *y, float *mask, const float *x, size_t n, int row
         return;
     }
     float keep = 1.0f / (1.0f - p);
+    /* Element j of a row is dropped when nn_rng_uniform of its row's generator, draw
+     * j + 1, is below p: (hash >> 40) * 2^-24 < p, i.e. (hash >> 40) < p * 2^24 (exact,
+     * 2^24 scales a float exactly). Written as a plain loop over j (what nn_rng_u64
+     * computes for counter j + 1) so GCC vectorises the hash. */
+    const uint64_t thresh = (uint64_t)ceilf(p * 16777216.0f);
     size_t rows = n / (size_t)row;
     for (size_t r = 0; r < rows; r++) {
         uint64_t idx = row_index ? (uint64_t)row_index[r] : (uint64_t)r;
-        nn_rng g = nn_rng_make(seed, step, idx, NN_RNG_DROPOUT);
+        uint64_t key = nn_rng_make(seed, step, idx, NN_RNG_DROPOUT).key;
         float *restrict m = mask + r * (size_t)row;
-        for (int j = 0; j < row; j++) m[j] = nn_rng_uniform(&g) < p ? 0.0f : keep;
+        for (int j = 0; j < row; j++) {
+            uint64_t z = key + (uint64_t)(j + 1) * UINT64_C(0x9E3779B97F4A7C15);
+            z ^= z >> 30;
+            z *= UINT64_C(0xBF58476D1CE4E5B9);
+            z ^= z >> 27;
+            z *= UINT64_C(0x94D049BB133111EB);
+            z ^= z >> 31;
+            m[j] = (z >> 40) < thresh ? 0.0f : keep;
+        }
         const float *xr = x + r * (size_t)row;
         float *yr = y + r * (size_t)row;
         for (int j = 0; j < row; j++) yr[j] = xr[j] * m[j];
@@ -208,6 +228,8 @@ void nn_dropout_backward(float *restrict dx, const float *restrict dy, const flo
 }
 
 /* ---- layer norm --------------------------------------------------------------------- */
+/* Row reductions run in vector lanes (nn_vf) in a fixed order: a plain float loop would
+ * be one serial chain of dependent adds, ~4x slower at C = 256. */
 
 #define NN_LN_EPS 1e-5f
 
@@ -216,16 +238,19 @@ void nn_layernorm_forward(float *y, float *mean, float *rstd, const float *x, co
     for (int i = 0; i < N; i++) {
         const float *xr = x + (size_t)i * C;
         float *yr = y + (size_t)i * C;
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) s += xr[c];
-        float m = s / (float)C;
-        float v = 0.0f; /* two passes: no cancellation when |mean| >> std */
-        for (int c = 0; c < C; c++) {
-            float d = xr[c] - m;
-            v += d * d;
+        float m = nn_vrow_sum_(xr, C) / (float)C;
+        /* two passes: no cancellation when |mean| >> std */
+        nn_vf v0 = nn_vsplat_(0.0f), v1 = v0;
+        int c = 0;
+        for (; c + 2 * NN_VW <= C; c += 2 * NN_VW) {
+            nn_vf d0 = nn_vload_(xr + c) - m, d1 = nn_vload_(xr + c + NN_VW) - m;
+            v0 += d0 * d0;
+            v1 += d1 * d1;
         }
+        float v = nn_vsum_(v0 + v1);
+        for (; c < C; c++) v += (xr[c] - m) * (xr[c] - m);
         float rs = 1.0f / sqrtf(v / (float)C + NN_LN_EPS);
-        for (int c = 0; c < C; c++) yr[c] = (xr[c] - m) * rs * g[c] + b[c];
+        for (c = 0; c < C; c++) yr[c] = (xr[c] - m) * rs * g[c] + b[c];
         mean[i] = m;
         rstd[i] = rs;
     }
@@ -239,26 +264,35 @@ void nn_layernorm_backward(float *dx, float *dg, float *db, const float *dy, con
         const float *restrict dyr = dy + (size_t)i * C;
         const float *restrict xr = x + (size_t)i * C;
         float m = mean[i], rs = rstd[i];
-        float sdn = 0.0f, sdnx = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float xh = (xr[c] - m) * rs;
+        nn_vf a0 = nn_vsplat_(0.0f), a1 = a0, b0 = a0, b1 = a0;
+        int c = 0;
+        for (; c + 2 * NN_VW <= C; c += 2 * NN_VW) {
+            nn_vf dn0 = nn_vload_(dyr + c) * nn_vload_(g + c);
+            nn_vf dn1 = nn_vload_(dyr + c + NN_VW) * nn_vload_(g + c + NN_VW);
+            a0 += dn0;
+            a1 += dn1;
+            b0 += dn0 * ((nn_vload_(xr + c) - m) * rs);
+            b1 += dn1 * ((nn_vload_(xr + c + NN_VW) - m) * rs);
+        }
+        float sdn = nn_vsum_(a0 + a1), sdnx = nn_vsum_(b0 + b1);
+        for (; c < C; c++) {
             float dn = dyr[c] * g[c];
             sdn += dn;
-            sdnx += dn * xh;
+            sdnx += dn * ((xr[c] - m) * rs);
         }
         sdn /= (float)C;
         sdnx /= (float)C;
         if (dx) {
             float *restrict dxr = dx + (size_t)i * C;
-            for (int c = 0; c < C; c++) {
+            for (c = 0; c < C; c++) {
                 float xh = (xr[c] - m) * rs;
                 dxr[c] += rs * (dyr[c] * g[c] - sdn - xh * sdnx);
             }
         }
         if (dg)
-            for (int c = 0; c < C; c++) dg[c] += dyr[c] * (xr[c] - m) * rs;
+            for (c = 0; c < C; c++) dg[c] += dyr[c] * ((xr[c] - m) * rs);
         if (db)
-            for (int c = 0; c < C; c++) db[c] += dyr[c];
+            for (c = 0; c < C; c++) db[c] += dyr[c];
     }
 }
 
@@ -268,15 +302,8 @@ void nn_softmax_forward(float *p, const float *x, int N, int C) {
     for (int i = 0; i < N; i++) {
         const float *xr = x + (size_t)i * C;
         float *pr = p + (size_t)i * C;
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) mx = xr[c] > mx ? xr[c] : mx;
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float e = nn_exp_(xr[c] - mx);
-            pr[c] = e;
-            s += e;
-        }
-        float inv = 1.0f / s;
+        float mx = nn_vrow_max_(xr, C);
+        float inv = 1.0f / nn_vrow_expsum_(pr, xr, mx, C);
         for (int c = 0; c < C; c++) pr[c] *= inv;
     }
 }
