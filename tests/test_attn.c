@@ -837,14 +837,85 @@ static int dump_model(const char *root, const char *tag, const char *const *kv) 
     return rc ? -1 : 0;
 }
 
+/* The transformer: source x (B,T) with a padded example, targets y (B,U) ending in EOS. */
+static int dump_transformer(const char *root, const char *tag, const char *const *kv) {
+    enum { Vs = 31, Vt = 37, B = 3, T = 7, U = 6 };
+    char dir[1024], path[1100];
+    snprintf(dir, sizeof dir, "%s/%s", root, tag);
+    if (mkdir(dir, 0777) && errno != EEXIST) return -1;
+    nn_config cfg = {0};
+    for (int i = 0; kv[i]; i += 2) nn_config_set(&cfg, kv[i], kv[i + 1]);
+    nn_dims d = {0};
+    d.vocab = Vs, d.vocab_tgt = Vt, d.max_len = T, d.max_len_tgt = U, d.max_batch = B;
+    nn_model m = {0};
+    if (nn_model_init(&m, &nn_transformer_ops, &cfg, &d, 77)) {
+        fprintf(stderr, "dump: %s\n", nn_error());
+        return -1;
+    }
+    snprintf(path, sizeof path, "%s/config.txt", dir);
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    for (int i = 0; i < cfg.n; i++) fprintf(f, "%s=%s\n", cfg.key[i], cfg.val[i]);
+    fprintf(f, "model=transformer\nvocab=%d\nvocab_tgt=%d\n", Vs, Vt);
+    fclose(f);
+    nn_params *ps = &m.params;
+    for (int i = 0; i < ps->n; i++) {
+        nn_param *p = &ps->p[i];
+        nn_rng r = nn_rng_make(12, (uint64_t)i, 0, NN_RNG_USER);
+        for (size_t j = 0; j < p->size; j++) {
+            float *w = ps->data + p->offset + j;
+            *w = strstr(p->name, "/g") ? 1.0f + 0.2f * nn_rng_normal(&r)
+                                       : 0.2f * nn_rng_normal(&r);
+        }
+    }
+    int32_t x[B * T], y[B * U];
+    nn_rng r = nn_rng_make(6, 0, 0, NN_RNG_USER);
+    for (int i = 0; i < B * T; i++) x[i] = 4 + (int32_t)nn_rng_below(&r, Vs - 4);
+    for (int i = 0; i < B * U; i++) y[i] = 4 + (int32_t)nn_rng_below(&r, Vt - 4);
+    for (int t = 3; t < T; t++) x[T + t] = NN_PAD; /* example 1: source of 3 */
+    for (int e = 0; e < B; e++) y[e * U + U - 1] = NN_EOS;
+    y[2 * U + 2] = NN_EOS, y[2 * U + 3] = y[2 * U + 4] = y[2 * U + 5] = NN_PAD;
+    nn_batch b = {0};
+    b.B = B, b.T = T, b.U = U, b.x = x, b.y = y;
+    float *logits = malloc((size_t)B * U * Vt * sizeof *logits);
+    int rc = nn_transformer_logits(&m, &b, logits);
+    nn_stats st = {0};
+    nn_params_zero_grad(ps);
+    float scale = 1.0f / 16.0f;
+    if (!rc) rc = m.ops->forward_backward(&m, &b, scale, &st);
+    int xd[2] = {B, T}, yd[2] = {B, U}, ld[3] = {B, U, Vt}, two = 2;
+    float loss[2] = {(float)st.loss, scale};
+    rc = rc || write_raw(dir, "tokens_x", 1, 2, xd, x) || write_raw(dir, "tokens_y", 1, 2, yd, y) ||
+         write_raw(dir, "logits", 0, 3, ld, logits) || write_raw(dir, "loss", 0, 1, &two, loss);
+    for (int i = 0; i < ps->n && !rc; i++) {
+        nn_param *p = &ps->p[i];
+        char name[NN_NAME_MAX + 8];
+        snprintf(name, sizeof name, "w.%s", p->name);
+        rc = write_raw(dir, name, 0, p->ndim, p->shape, ps->data + p->offset);
+        snprintf(name, sizeof name, "g.%s", p->name);
+        rc = rc || write_raw(dir, name, 0, p->ndim, p->shape, ps->grad + p->offset);
+    }
+    free(logits);
+    nn_model_free(&m);
+    nn_config_free(&cfg);
+    return rc ? -1 : 0;
+}
+
 static int dump_all(const char *root) {
     if (mkdir(root, 0777) && errno != EEXIST) return -1;
     const char *a[] = {"layers", "2", "heads", "4", "dim", "16", "ff", "40", "context", "9", NULL};
     const char *b[] = {"layers", "2", "heads", "2", "dim", "16", "ff", "24", "context", "12",
                        "norm", "post", "activation", "relu", "pos", "sinusoidal", "tie", "0",
                        "label-smoothing", "0.1", NULL};
+    const char *c[] = {"layers", "2", "heads", "2", "dim", "16", "ff", "24", "context", "7",
+                       "dropout", "0", "label-smoothing", "0.1", NULL};
+    const char *e[] = {"layers", "1", "heads", "4", "dim", "16", "ff", "24", "context", "7",
+                       "dropout", "0", "norm", "post", "pos", "learned", "tie", "0",
+                       "activation", "gelu", "label-smoothing", "0", NULL};
     return dump_model(root, "pre_gelu_learned_tied", a) ||
-           dump_model(root, "post_relu_sinusoidal_untied", b);
+           dump_model(root, "post_relu_sinusoidal_untied", b) ||
+           dump_transformer(root, "transformer_pre_relu_sinusoidal_tied", c) ||
+           dump_transformer(root, "transformer_post_gelu_learned_untied", e);
 }
 
 /* ---- runner -------------------------------------------------------------------------------------- */
