@@ -12,5 +12,7 @@ const nn_model_ops *const nn_models[] = {
     &nn_autoencoder_ops,
     &nn_vae_ops,
     &nn_pca_ops,
+    &nn_gpt_ops,
+    &nn_transformer_ops,
     NULL,
 };

@@ -1,0 +1,504 @@
+/* attn.c - attention and transformer building blocks: scaled dot-product attention with
+ * causal and key-padding masks, multi-head projections, positional encodings, and the
+ * fused memory-bound kernels a transformer step spends its non-GEMM time in (GELU with a
+ * fast tanh, one-pass layer norm, softmax cross-entropy over the vocabulary).
+ *
+ * Does not: own parameters (layers hold views into the registry), allocate (callers pass
+ * caches and scratch), or thread anything itself (GEMMs go through nn_gemm/OpenBLAS).
+ * The elementwise kernels use GCC vector extensions so they vectorise at any -O level
+ * and on any target (a 16-lane vector is split to what the machine has). */
+#include <math.h>
+#include <string.h>
+
+#include "models/nn.h"
+
+/* ---- vector helpers ------------------------------------------------------------------ */
+
+#define VL 16
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+/* Unaligned, aliasing-safe access type (as the compiler's own intrinsic headers do). */
+typedef float vfu __attribute__((vector_size(64), aligned(4), may_alias));
+
+static inline vf vload(const float *p) { return *(const vfu *)p; }
+static inline void vstore(float *p, vf a) { *(vfu *)p = a; }
+static inline vf vset1(float x) { return (vf){0} + x; }
+static inline vf vselect(vi m, vf a, vf b) { /* m ? a : b, m lanes all-ones or zero */
+    return (vf)(((vi)a & m) | ((vi)b & ~m));
+}
+static inline vf vmax(vf a, vf b) { return vselect(a > b, a, b); }
+static inline vf vmin(vf a, vf b) { return vselect(a < b, a, b); }
+static inline float vhsum(vf a) {
+    float s = 0.0f;
+    for (int i = 0; i < VL; i++) s += a[i];
+    return s;
+}
+static inline float vhmax(vf a) {
+    float m = a[0];
+    for (int i = 1; i < VL; i++) m = a[i] > m ? a[i] : m;
+    return m;
+}
+
+/* exp(x) for x in float range: 2^n * e^r with |r| <= ln2/2 and a degree-6 Taylor
+ * polynomial (relative error ~2e-7). Inputs are clamped to [-87, 88]. */
+static inline vf vexp(vf x) {
+    const vf lo = vset1(-87.0f), hi = vset1(88.0f);
+    x = vmin(vmax(x, lo), hi);
+    const vf shifter = vset1(12582912.0f); /* 1.5 * 2^23: rounds to nearest integer */
+    vf t = x * 1.44269504088896341f + shifter;
+    vf n = t - shifter;
+    vi ni = (vi)t - 0x4B400000;
+    vf r = x - n * 0.693145751953125f;     /* ln2 split in hi + lo for exactness */
+    r = r - n * 1.428606765330187e-06f;
+    vf p = vset1(1.0f / 720.0f);
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    vi scale = (ni + 127) << 23;
+    return p * (vf)scale;
+}
+static inline float sexp(float x) { /* scalar through the same code path */
+    vf v = vexp(vset1(x));
+    return v[0];
+}
+
+/* tanh(u) = 1 - 2 / (exp(2u) + 1); exact limits at +-inf thanks to the clamp in vexp. */
+static inline vf vtanh(vf u) { return 1.0f - 2.0f / (vexp(u + u) + 1.0f); }
+
+/* ---- GELU (tanh approximation) ------------------------------------------------------------ */
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_A 0.044715f
+
+static inline vf vgelu(vf x) {
+    vf t = vtanh(GELU_K * (x + GELU_A * x * x * x));
+    return 0.5f * x * (1.0f + t);
+}
+static inline vf vgelu_grad(vf x) {
+    vf x2 = x * x;
+    vf t = vtanh(GELU_K * (x + GELU_A * x2 * x));
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * x2);
+}
+
+void nn_fgelu_forward(float *y, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore(y + i, vgelu(vload(x + i)));
+    for (; i < n; i++) y[i] = vgelu(vset1(x[i]))[0];
+}
+
+void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL)
+        vstore(dx + i, vload(dx + i) + vload(dy + i) * vgelu_grad(vload(x + i)));
+    for (; i < n; i++) dx[i] += dy[i] * vgelu_grad(vset1(x[i]))[0];
+}
+
+void nn_fgelu_backward_inplace(float *d, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore(d + i, vload(d + i) * vgelu_grad(vload(x + i)));
+    for (; i < n; i++) d[i] *= vgelu_grad(vset1(x[i]))[0];
+}
+
+void nn_frelu_backward_inplace(float *d, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] = x[i] > 0.0f ? d[i] : 0.0f;
+}
+
+void nn_frelu_forward(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void nn_add_inplace(float *y, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore(y + i, vload(y + i) + vload(x + i));
+    for (; i < n; i++) y[i] += x[i];
+}
+
+void nn_add3(float *y, const float *a, const float *b, size_t n) {
+    size_t i = 0;
+    for (; i + VL <= n; i += VL) vstore(y + i, vload(a + i) + vload(b + i));
+    for (; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* ---- layer norm ------------------------------------------------------------------------------ */
+
+static float row_sum(const float *x, int C) {
+    vf s0 = {0}, s1 = {0};
+    int j = 0;
+    for (; j + 2 * VL <= C; j += 2 * VL) {
+        s0 += vload(x + j);
+        s1 += vload(x + j + VL);
+    }
+    for (; j + VL <= C; j += VL) s0 += vload(x + j);
+    float s = vhsum(s0 + s1);
+    for (; j < C; j++) s += x[j];
+    return s;
+}
+
+void nn_flayernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
+                           const float *b, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *xr = x + (size_t)i * C;
+        float *yr = y + (size_t)i * C;
+        float m = row_sum(xr, C) / (float)C;
+        vf vm = vset1(m), acc = {0};
+        int j = 0;
+        for (; j + VL <= C; j += VL) {
+            vf d = vload(xr + j) - vm;
+            acc += d * d;
+        }
+        float var = vhsum(acc);
+        for (; j < C; j++) var += (xr[j] - m) * (xr[j] - m);
+        float rs = 1.0f / sqrtf(var / (float)C + 1e-5f);
+        vf vr = vset1(rs);
+        for (j = 0; j + VL <= C; j += VL)
+            vstore(yr + j, (vload(xr + j) - vm) * vr * vload(g + j) + vload(b + j));
+        for (; j < C; j++) yr[j] = (xr[j] - m) * rs * g[j] + b[j];
+        if (mean) mean[i] = m;
+        if (rstd) rstd[i] = rs;
+    }
+}
+
+void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *g, int N, int C) {
+    for (int i = 0; i < N; i++) {
+        const float *xr = x + (size_t)i * C, *dyr = dy + (size_t)i * C;
+        float *dxr = dx + (size_t)i * C;
+        float m = mean[i], rs = rstd[i];
+        vf vm = vset1(m), vr = vset1(rs), a1 = {0}, a2 = {0};
+        int j = 0;
+        for (; j + VL <= C; j += VL) {
+            vf xh = (vload(xr + j) - vm) * vr;
+            vf d = vload(dyr + j);
+            vf dn = d * vload(g + j);
+            a1 += dn;
+            a2 += dn * xh;
+            vstore(dg + j, vload(dg + j) + d * xh);
+            vstore(db + j, vload(db + j) + d);
+        }
+        float s1 = vhsum(a1), s2 = vhsum(a2);
+        for (; j < C; j++) {
+            float xh = (xr[j] - m) * rs, dn = dyr[j] * g[j];
+            s1 += dn;
+            s2 += dn * xh;
+            dg[j] += dyr[j] * xh;
+            db[j] += dyr[j];
+        }
+        s1 /= (float)C;
+        s2 /= (float)C;
+        vf v1 = vset1(s1), v2 = vset1(s2);
+        for (j = 0; j + VL <= C; j += VL) {
+            vf xh = (vload(xr + j) - vm) * vr;
+            vf dn = vload(dyr + j) * vload(g + j);
+            vstore(dxr + j, vload(dxr + j) + vr * (dn - v1 - xh * v2));
+        }
+        for (; j < C; j++) {
+            float xh = (xr[j] - m) * rs, dn = dyr[j] * g[j];
+            dxr[j] += rs * (dn - s1 - xh * s2);
+        }
+    }
+}
+
+/* ---- softmax cross-entropy over the vocabulary --------------------------------------------- */
+
+double nn_fxent_forward_backward(float *dlogits, const float *logits, const int32_t *targets,
+                                 int N, int V, int ignore_index, float label_smoothing,
+                                 float grad_scale, double *count, double *correct) {
+    double loss = 0.0, cnt = 0.0, hits = 0.0;
+    const float eps = label_smoothing;
+    for (int i = 0; i < N; i++) {
+        const float *row = logits + (size_t)i * V;
+        float *drow = dlogits ? dlogits + (size_t)i * V : NULL;
+        int tgt = targets[i];
+        if (tgt == ignore_index) {
+            if (drow) memset(drow, 0, (size_t)V * sizeof *drow);
+            continue;
+        }
+        NN_ASSERT(tgt >= 0 && tgt < V);
+        /* pass 1: max and sum (the sum feeds label smoothing) */
+        vf vm = vset1(-INFINITY), vs = {0};
+        int j = 0;
+        for (; j + VL <= V; j += VL) {
+            vf a = vload(row + j);
+            vm = vmax(vm, a);
+            vs += a;
+        }
+        float mx = vhmax(vm), sx = vhsum(vs);
+        for (; j < V; j++) {
+            mx = row[j] > mx ? row[j] : mx;
+            sx += row[j];
+        }
+        float xt = row[tgt];
+        if (correct) { /* first index holding the maximum */
+            int am = 0;
+            while (row[am] != mx) am++;
+            hits += am == tgt;
+        }
+        /* pass 2: exp and its sum; the row is still in cache */
+        vf vmx = vset1(mx), ve = {0};
+        float se = 0.0f;
+        if (drow) {
+            for (j = 0; j + VL <= V; j += VL) {
+                vf e = vexp(vload(row + j) - vmx);
+                ve += e;
+                vstore(drow + j, e);
+            }
+            for (; j < V; j++) {
+                float e = sexp(row[j] - mx);
+                se += e;
+                drow[j] = e;
+            }
+        } else {
+            for (j = 0; j + VL <= V; j += VL) ve += vexp(vload(row + j) - vmx);
+            for (; j < V; j++) se += sexp(row[j] - mx);
+        }
+        se += vhsum(ve);
+        float logz = mx + logf(se);
+        loss += (double)(1.0f - eps) * (logz - xt) + (double)eps * (logz - sx / (float)V);
+        cnt += 1.0;
+        /* pass 3: gradient scale * (p - (1-eps) onehot - eps/V) */
+        if (drow) {
+            float a = grad_scale / se, c = grad_scale * eps / (float)V;
+            vf va = vset1(a), vc = vset1(c);
+            for (j = 0; j + VL <= V; j += VL) vstore(drow + j, vload(drow + j) * va - vc);
+            for (; j < V; j++) drow[j] = drow[j] * a - c;
+            drow[tgt] -= grad_scale * (1.0f - eps);
+        }
+    }
+    if (count) *count += cnt;
+    if (correct) *correct += hits;
+    return loss;
+}
+
+/* ---- scaled dot-product attention ---------------------------------------------------------- */
+
+/* Softmax of row[0..lim) in place, zeros in row[lim..S). lim <= 0 gives a zero row. */
+static void masked_softmax_row(float *row, int lim, int S) {
+    if (lim <= 0) {
+        memset(row, 0, (size_t)S * sizeof *row);
+        return;
+    }
+    vf vm = vset1(-INFINITY);
+    int j = 0;
+    for (; j + VL <= lim; j += VL) vm = vmax(vm, vload(row + j));
+    float mx = vhmax(vm);
+    for (; j < lim; j++) mx = row[j] > mx ? row[j] : mx;
+    vf vmx = vset1(mx), vs = {0};
+    float s = 0.0f;
+    for (j = 0; j + VL <= lim; j += VL) {
+        vf e = vexp(vload(row + j) - vmx);
+        vs += e;
+        vstore(row + j, e);
+    }
+    for (; j < lim; j++) {
+        row[j] = sexp(row[j] - mx);
+        s += row[j];
+    }
+    s += vhsum(vs);
+    float inv = 1.0f / s;
+    vf vinv = vset1(inv);
+    for (j = 0; j + VL <= lim; j += VL) vstore(row + j, vload(row + j) * vinv);
+    for (; j < lim; j++) row[j] *= inv;
+    if (lim < S) memset(row + lim, 0, (size_t)(S - lim) * sizeof *row);
+}
+
+void nn_sdpa_forward(float *out, int ldo, float *att, const float *q, int ldq, const float *k,
+                     int ldk, const float *v, int ldv, const int32_t *key_len, int causal, int B,
+                     int T, int S, int NH, int HS) {
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int b = 0; b < B; b++) {
+        int klim = key_len ? key_len[b] : S;
+        if (klim > S) klim = S;
+        for (int h = 0; h < NH; h++) {
+            float *P = att + ((size_t)b * NH + h) * T * S;
+            const float *qb = q + (size_t)b * T * ldq + h * HS;
+            const float *kb = k + (size_t)b * S * ldk + h * HS;
+            const float *vb = v + (size_t)b * S * ldv + h * HS;
+            /* keys past key_len are never seen: score only the first klim */
+            if (klim > 0) nn_gemm(0, 1, T, klim, HS, scale, qb, ldq, kb, ldk, 0.0f, P, S);
+            for (int i = 0; i < T; i++) {
+                int lim = klim;
+                if (causal && i + (S - T) + 1 < lim) lim = i + (S - T) + 1;
+                masked_softmax_row(P + (size_t)i * S, lim, S);
+            }
+            float *ob = out + (size_t)b * T * ldo + h * HS;
+            if (klim > 0) {
+                nn_gemm(0, 0, T, HS, klim, 1.0f, P, S, vb, ldv, 0.0f, ob, ldo);
+            } else {
+                for (int i = 0; i < T; i++) memset(ob + (size_t)i * ldo, 0, (size_t)HS * sizeof *ob);
+            }
+        }
+    }
+}
+
+void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, int ldo,
+                      const float *att, const float *q, int ldq, const float *k, int ldk,
+                      const float *v, int ldv, int B, int T, int S, int NH, int HS) {
+    const float scale = 1.0f / sqrtf((float)HS);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float *P = att + ((size_t)b * NH + h) * T * S;
+            const float *qb = q + (size_t)b * T * ldq + h * HS;
+            const float *kb = k + (size_t)b * S * ldk + h * HS;
+            const float *vb = v + (size_t)b * S * ldv + h * HS;
+            const float *dob = dout + (size_t)b * T * ldo + h * HS;
+            /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)) */
+            nn_gemm(0, 1, T, S, HS, 1.0f, dob, ldo, vb, ldv, 0.0f, scratch, S);
+            for (int i = 0; i < T; i++) {
+                const float *pr = P + (size_t)i * S;
+                float *dr = scratch + (size_t)i * S;
+                vf acc = {0};
+                int j = 0;
+                for (; j + VL <= S; j += VL) acc += vload(pr + j) * vload(dr + j);
+                float d = vhsum(acc);
+                for (; j < S; j++) d += pr[j] * dr[j];
+                vf vd = vset1(d);
+                for (j = 0; j + VL <= S; j += VL)
+                    vstore(dr + j, vload(pr + j) * (vload(dr + j) - vd));
+                for (; j < S; j++) dr[j] = pr[j] * (dr[j] - d);
+            }
+            nn_gemm(0, 0, T, HS, S, scale, scratch, S, kb, ldk, 1.0f,
+                    dq + (size_t)b * T * ldq + h * HS, ldq);
+            nn_gemm(1, 0, S, HS, T, scale, scratch, S, qb, ldq, 1.0f,
+                    dk + (size_t)b * S * ldk + h * HS, ldk);
+            nn_gemm(1, 0, S, HS, T, 1.0f, P, S, dob, ldo, 1.0f, dv + (size_t)b * S * ldv + h * HS,
+                    ldv);
+        }
+    }
+}
+
+/* ---- projections and multi-head attention ------------------------------------------------------ */
+
+void nn_proj_forward(float *y, int ldy, const float *x, const float *w, const float *b, int N,
+                     int C, int OC) {
+    float beta = 0.0f;
+    if (b) {
+        for (int i = 0; i < N; i++) memcpy(y + (size_t)i * ldy, b, (size_t)OC * sizeof *b);
+        beta = 1.0f;
+    }
+    nn_gemm(0, 1, N, OC, C, 1.0f, x, C, w, C, beta, y, ldy);
+}
+
+static void colsum_add(float *db, const float *dy, int ldy, int N, int OC) {
+    for (int i = 0; i < N; i++) {
+        const float *r = dy + (size_t)i * ldy;
+        int j = 0;
+        for (; j + VL <= OC; j += VL) vstore(db + j, vload(db + j) + vload(r + j));
+        for (; j < OC; j++) db[j] += r[j];
+    }
+}
+
+void nn_proj_backward(float *dx, float *dw, float *db, const float *dy, int ldy, const float *x,
+                      const float *w, int N, int C, int OC) {
+    if (dx) nn_gemm(0, 0, N, C, OC, 1.0f, dy, ldy, w, C, 1.0f, dx, C);
+    nn_gemm(1, 0, OC, C, N, 1.0f, dy, ldy, x, C, 1.0f, dw, C);
+    if (db) colsum_add(db, dy, ldy, N, OC);
+}
+
+void nn_proj_backward_to(float *dx, float *dw, float *db, const float *dy, int ldy,
+                         const float *x, const float *w, int N, int C, int OC) {
+    nn_gemm(0, 0, N, C, OC, 1.0f, dy, ldy, w, C, 0.0f, dx, C);
+    nn_proj_backward(NULL, dw, db, dy, ldy, x, w, N, C, OC);
+}
+
+int nn_mha_register(nn_mha *a, nn_params *ps, const char *prefix, int C, int NH, float std,
+                    float out_std) {
+    static const char *wn[4] = {"w_q", "w_k", "w_v", "w_o"};
+    static const char *bn[4] = {"b_q", "b_k", "b_v", "b_o"};
+    float **wd[4] = {&a->w_q, &a->w_k, &a->w_v, &a->w_o};
+    float **wg[4] = {&a->dw_q, &a->dw_k, &a->dw_v, &a->dw_o};
+    float **bd[4] = {&a->b_q, &a->b_k, &a->b_v, &a->b_o};
+    float **bg[4] = {&a->db_q, &a->db_k, &a->db_v, &a->db_o};
+    int wshape[2] = {C, C}, bshape[1] = {C};
+    char name[NN_NAME_MAX];
+    a->C = C;
+    a->NH = NH;
+    /* q, k, v weights first and adjacent, then their biases, so one GEMM can cover them */
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "%s/%s", prefix, wn[i]);
+        if (nn_params_add(ps, name, 2, wshape, NN_INIT_NORMAL, std, wd[i], wg[i]) < 0)
+            return NN_ERR_NOMEM;
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "%s/%s", prefix, bn[i]);
+        if (nn_params_add(ps, name, 1, bshape, NN_INIT_ZERO, 0.0f, bd[i], bg[i]) < 0)
+            return NN_ERR_NOMEM;
+    }
+    snprintf(name, sizeof name, "%s/%s", prefix, wn[3]);
+    if (nn_params_add(ps, name, 2, wshape, NN_INIT_NORMAL, out_std, wd[3], wg[3]) < 0)
+        return NN_ERR_NOMEM;
+    snprintf(name, sizeof name, "%s/%s", prefix, bn[3]);
+    if (nn_params_add(ps, name, 1, bshape, NN_INIT_ZERO, 0.0f, bd[3], bg[3]) < 0)
+        return NN_ERR_NOMEM;
+    return NN_OK;
+}
+
+static int mha_fused(const nn_mha *a) {
+    size_t cc = (size_t)a->C * a->C;
+    return a->w_k == a->w_q + cc && a->w_v == a->w_k + cc && a->dw_k == a->dw_q + cc &&
+           a->dw_v == a->dw_k + cc && a->b_k == a->b_q + a->C && a->b_v == a->b_k + a->C &&
+           a->db_k == a->db_q + a->C && a->db_v == a->db_k + a->C;
+}
+
+void nn_mha_qkv_forward(const nn_mha *a, float *qkv, const float *x, int N) {
+    int C = a->C;
+    if (mha_fused(a)) {
+        nn_proj_forward(qkv, 3 * C, x, a->w_q, a->b_q, N, C, 3 * C);
+        return;
+    }
+    nn_proj_forward(qkv, 3 * C, x, a->w_q, a->b_q, N, C, C);
+    nn_proj_forward(qkv + C, 3 * C, x, a->w_k, a->b_k, N, C, C);
+    nn_proj_forward(qkv + 2 * C, 3 * C, x, a->w_v, a->b_v, N, C, C);
+}
+
+void nn_mha_qkv_backward(const nn_mha *a, float *dx, const float *dqkv, const float *x, int N) {
+    int C = a->C;
+    if (mha_fused(a)) {
+        nn_proj_backward(dx, a->dw_q, a->db_q, dqkv, 3 * C, x, a->w_q, N, C, 3 * C);
+        return;
+    }
+    nn_proj_backward(dx, a->dw_q, a->db_q, dqkv, 3 * C, x, a->w_q, N, C, C);
+    nn_proj_backward(dx, a->dw_k, a->db_k, dqkv + C, 3 * C, x, a->w_k, N, C, C);
+    nn_proj_backward(dx, a->dw_v, a->db_v, dqkv + 2 * C, 3 * C, x, a->w_v, N, C, C);
+}
+
+/* ---- positional encodings and embeddings --------------------------------------------------- */
+
+void nn_sinusoid_table(float *table, int T, int C) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < C; i++) {
+            double freq = pow(10000.0, -(double)(i - (i & 1)) / (double)C);
+            double a = (double)t * freq;
+            table[(size_t)t * C + i] = (float)((i & 1) ? cos(a) : sin(a));
+        }
+}
+
+void nn_embed_pos_forward(float *x, const int32_t *ids, const float *wte, const float *pos,
+                          int B, int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            float *xr = x + ((size_t)b * T + t) * C;
+            int id = ids[(size_t)b * T + t];
+            if (id == NN_PAD) {
+                if (pos) memcpy(xr, pos + (size_t)t * C, (size_t)C * sizeof *xr);
+                else memset(xr, 0, (size_t)C * sizeof *xr);
+            } else if (pos) {
+                nn_add3(xr, wte + (size_t)id * C, pos + (size_t)t * C, (size_t)C);
+            } else {
+                memcpy(xr, wte + (size_t)id * C, (size_t)C * sizeof *xr);
+            }
+        }
+}
+
+void nn_embed_pos_backward(float *dwte, float *dpos, const float *dx, const int32_t *ids, int B,
+                           int T, int C) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *dr = dx + ((size_t)b * T + t) * C;
+            int id = ids[(size_t)b * T + t];
+            if (id != NN_PAD) nn_add_inplace(dwte + (size_t)id * C, dr, (size_t)C);
+            if (dpos) nn_add_inplace(dpos + (size_t)t * C, dr, (size_t)C);
+        }
+}
