@@ -223,8 +223,8 @@ static void rnn_setup(rnn_ctx *c, const rnn_case *k, uint64_t seed) {
     c->k = *k;
     int rc = nn_rnn_init(&c->r, &c->ps, "encoder", k->cell, k->C, k->H, k->layers, k->bidir,
                          k->merge, k->bptt, k->lanes, k->B, k->T);
-    ck_assert_int_eq(rc, NN_OK);
-    ck_assert_int_eq(nn_params_alloc(&c->ps, seed), NN_OK);
+    NN_ASSERT(rc == NN_OK); /* not ck_assert: --dump runs this outside Check */
+    NN_ASSERT(nn_params_alloc(&c->ps, seed) == NN_OK);
     /* Larger weights than the default init so that gates saturate somewhat and the
      * recurrence matters. */
     fill(c->ps.data, c->ps.total, seed + 1, 0.8f);
@@ -661,6 +661,113 @@ START_TEST(test_rnn_lm_learns_a_cycle) {
 }
 END_TEST
 
+
+/* ---- --dump DIR: inputs, weights, outputs and gradients for tests/torch_seq.py ---------- */
+/* Each tensor is DIR/<case>.<name>.bin: int32 magic 0x51534B4C ("LKSQ"), int32 ndim,
+ * int32 dims[ndim], then float32 data (little-endian, row-major). DIR/cases.txt lists one
+ * case per line: "conv NAME k same" or "rnn NAME cell layers bidir". Parameter tensors
+ * use the registry names with '/' replaced by '.'. */
+
+static int dump_tensor(const char *dir, const char *cas, const char *name, const float *x,
+                       int ndim, const int *dims) {
+    char path[1024], nm[NN_NAME_MAX];
+    snprintf(nm, sizeof nm, "%s", name);
+    for (char *q = nm; *q; q++)
+        if (*q == '/') *q = '.';
+    snprintf(path, sizeof path, "%s/%s.%s.bin", dir, cas, nm);
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    int32_t hdr[2 + NN_MAX_DIMS] = {0x51534B4C, ndim};
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        hdr[2 + i] = dims[i];
+        n *= (size_t)dims[i];
+    }
+    int ok = fwrite(hdr, sizeof(int32_t), 2 + ndim, f) == (size_t)(2 + ndim) &&
+             fwrite(x, sizeof(float), n, f) == n;
+    ok &= fclose(f) == 0;
+    return ok ? 0 : -1;
+}
+
+static int dump_conv(const char *dir, FILE *man, const char *cas, int k, int same) {
+    conv_ctx c;
+    conv_setup(&c, k, same);
+    conv_loss(&c);
+    nn_conv1d_backward(c.dx, c.dW, c.db, c.dcols, c.R, c.cols, c.W, c.len, c.B, c.T, c.C, c.F,
+                       c.k, c.same);
+    float lenf[3];
+    for (int b = 0; b < c.B; b++) lenf[b] = (float)c.len[b];
+    int dx_[3] = {c.B, c.T, c.C}, dw_[3] = {c.F, c.C, k}, db_[1] = {c.F}, dy_[3] = {c.B, c.To, c.F},
+        dl_[1] = {c.B};
+    int rc = dump_tensor(dir, cas, "x", c.x, 3, dx_) | dump_tensor(dir, cas, "len", lenf, 1, dl_) |
+             dump_tensor(dir, cas, "weight", c.W, 3, dw_) | dump_tensor(dir, cas, "bias", c.b, 1, db_) |
+             dump_tensor(dir, cas, "y", c.y, 3, dy_) | dump_tensor(dir, cas, "dy", c.R, 3, dy_) |
+             dump_tensor(dir, cas, "dx", c.dx, 3, dx_) | dump_tensor(dir, cas, "dweight", c.dW, 3, dw_) |
+             dump_tensor(dir, cas, "dbias", c.db, 1, db_);
+    fprintf(man, "conv %s %d %d\n", cas, k, same);
+    conv_teardown(&c);
+    return rc;
+}
+
+static int dump_rnn(const char *dir, FILE *man, const char *cas, int cell, int layers, int bidir,
+                    int padded) {
+    rnn_case k = {0};
+    k.cell = cell; k.layers = layers; k.bidir = bidir; k.merge = NN_MERGE_CONCAT;
+    k.use_y = 1; k.use_last = 1;
+    k.B = 4; k.T = 7; k.C = 5; k.H = 6;
+    if (padded) { k.len[0] = 7; k.len[1] = 3; k.len[2] = 5; k.len[3] = 1; }
+    rnn_ctx c;
+    rnn_setup(&c, &k, 70 + cell);
+    rnn_grads(&c);
+    int Ho = c.r.Hout;
+    float lenf[4];
+    for (int b = 0; b < k.B; b++) lenf[b] = padded ? (float)k.len[b] : (float)k.T;
+    int dx_[3] = {k.B, k.T, k.C}, dy_[3] = {k.B, k.T, Ho}, dl_[2] = {k.B, Ho}, dn_[1] = {k.B};
+    int rc = dump_tensor(dir, cas, "x", c.x, 3, dx_) | dump_tensor(dir, cas, "len", lenf, 1, dn_) |
+             dump_tensor(dir, cas, "y", c.y, 3, dy_) | dump_tensor(dir, cas, "dy", c.Ry, 3, dy_) |
+             dump_tensor(dir, cas, "last", c.last, 2, dl_) |
+             dump_tensor(dir, cas, "dlast", c.Rl, 2, dl_) | dump_tensor(dir, cas, "dx", c.dx, 3, dx_);
+    for (int i = 0; i < c.ps.n; i++) {
+        nn_param *p = &c.ps.p[i];
+        char gname[NN_NAME_MAX + 8];
+        snprintf(gname, sizeof gname, "grad.%s", p->name);
+        rc |= dump_tensor(dir, cas, p->name, c.ps.data + p->offset, p->ndim, p->shape);
+        rc |= dump_tensor(dir, cas, gname, c.ps.grad + p->offset, p->ndim, p->shape);
+    }
+    fprintf(man, "rnn %s %s %d %d\n", cas, cell_name[cell], layers, bidir);
+    rnn_teardown(&c);
+    return rc;
+}
+
+static int dump_all(const char *dir) {
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "cannot create %s: %s\n", dir, strerror(errno));
+        return 1;
+    }
+    char path[1024];
+    snprintf(path, sizeof path, "%s/cases.txt", dir);
+    FILE *man = fopen(path, "w");
+    if (!man) {
+        fprintf(stderr, "cannot write %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    int rc = dump_conv(dir, man, "conv_same3", 3, 1) | dump_conv(dir, man, "conv_same4", 4, 1) |
+             dump_conv(dir, man, "conv_valid3", 3, 0);
+    static const char *cn[3] = {"rnn", "lstm", "gru"};
+    for (int cell = 0; cell < 3; cell++) {
+        char cas[64];
+        snprintf(cas, sizeof cas, "%s_bidir2_padded", cn[cell]);
+        rc |= dump_rnn(dir, man, cas, cell, 2, 1, 1);
+        snprintf(cas, sizeof cas, "%s_uni2", cn[cell]);
+        rc |= dump_rnn(dir, man, cas, cell, 2, 0, 0);
+    }
+    rc |= fclose(man) != 0;
+    return rc ? 1 : 0;
+}
+
 /* ---- main ----------------------------------------------------------------------- */
 
 static Suite *seq_suite(void) {
@@ -698,8 +805,7 @@ static Suite *seq_suite(void) {
 }
 
 int main(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
+    if (argc == 3 && !strcmp(argv[1], "--dump")) return dump_all(argv[2]);
     SRunner *sr = srunner_create(seq_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
