@@ -662,6 +662,50 @@ START_TEST(test_rnn_lm_learns_a_cycle) {
 END_TEST
 
 
+/* The fused output layer splits rows over threads in fixed chunks: 1 and 3 threads give
+ * the same loss and gradients (and exercise the threaded path under the sanitizers). */
+START_TEST(test_rnn_lm_same_result_on_one_and_three_threads) {
+    nn_config cfg = {0};
+    nn_config_set(&cfg, "dim", "8");
+    nn_config_set(&cfg, "hidden", "8");
+    nn_dims d = {0};
+    d.vocab = 50; d.max_len = 40; d.max_batch = 5;
+    nn_model m = {0};
+    ck_assert_int_eq(nn_model_init(&m, &nn_rnn_lm_ops, &cfg, &d, 3), NN_OK);
+    nn_config_free(&cfg);
+    int32_t x[5 * 40], y[5 * 40], len[5];
+    int64_t idx[5];
+    nn_rng g = nn_rng_make(9, 0, 0, NN_RNG_USER);
+    for (int b = 0; b < 5; b++) {
+        len[b] = 40 - 7 * b;
+        idx[b] = b;
+        for (int t = 0; t < 40; t++) {
+            x[b * 40 + t] = t < len[b] ? 4 + (int)nn_rng_below(&g, 46) : NN_PAD;
+            y[b * 40 + t] = t < len[b] ? 4 + (int)nn_rng_below(&g, 46) : NN_PAD;
+        }
+    }
+    nn_batch bt = {0};
+    bt.B = 5; bt.T = 40; bt.U = 40; bt.x = x; bt.y = y; bt.x_len = len; bt.index = idx;
+    int saved = nn_get_threads();
+    float *g1 = zalloc(m.params.total);
+    nn_stats s1 = {0}, s3 = {0};
+    nn_set_threads(1);
+    nn_params_zero_grad(&m.params);
+    ck_assert_int_eq(m.ops->forward_backward(&m, &bt, 0.01f, &s1), NN_OK);
+    memcpy(g1, m.params.grad, m.params.total * sizeof *g1);
+    nn_set_threads(3);
+    nn_params_zero_grad(&m.params);
+    ck_assert_int_eq(m.ops->forward_backward(&m, &bt, 0.01f, &s3), NN_OK);
+    nn_set_threads(saved);
+    ck_assert_double_eq(s1.count, 5 * 40 - 7 * (0 + 1 + 2 + 3 + 4));
+    ck_assert_double_eq(s1.count, s3.count);
+    ck_assert_double_eq_tol(s1.loss, s3.loss, 1e-6 * s1.loss);
+    for (size_t i = 0; i < m.params.total; i++) ck_assert_double_eq_tol(g1[i], m.params.grad[i], 1e-6);
+    free(g1);
+    nn_model_free(&m);
+}
+END_TEST
+
 /* ---- --dump DIR: inputs, weights, outputs and gradients for tests/torch_seq.py ---------- */
 /* Each tensor is DIR/<case>.<name>.bin: int32 magic 0x51534B4C ("LKSQ"), int32 ndim,
  * int32 dims[ndim], then float32 data (little-endian, row-major). DIR/cases.txt lists one
@@ -800,6 +844,7 @@ static Suite *seq_suite(void) {
     tcase_add_test(tc, test_models_reject_bad_configuration_and_data);
     tcase_add_test(tc, test_rnn_lm_greedy_generation_matches_forward_argmax);
     tcase_add_test(tc, test_rnn_lm_learns_a_cycle);
+    tcase_add_test(tc, test_rnn_lm_same_result_on_one_and_three_threads);
     suite_add_tcase(s, tc);
     return s;
 }
