@@ -604,7 +604,8 @@ static void lm_xent_run(lm_xent_job *J, float *dbias, nn_stats *st) {
     lm_xent_arg args[LM_MAX_THREADS];
     int started[LM_MAX_THREADS] = {0};
     for (int i = 0; i < nt; i++) args[i] = (lm_xent_arg){J, i};
-    for (int i = 1; i < nt; i++) started[i] = pthread_create(&th[i], NULL, lm_xent_thread, &args[i]) == 0;
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, lm_xent_thread, &args[i]) == 0;
     lm_xent_thread(&args[0]);
     for (int i = 1; i < nt; i++) {
         if (started[i]) pthread_join(th[i], NULL);
