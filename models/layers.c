@@ -40,22 +40,23 @@ void nn_embedding_backward(float *dtable, const float *dout, const int32_t *ids,
 void nn_linear_forward(float *y, const float *x, const float *W, const float *b, int B, int C,
                        int OC) {
     if (B <= 0 || OC <= 0) return;
-    float beta = 0.0f;
     if (b) {
         for (int i = 0; i < B; i++) memcpy(y + (size_t)i * OC, b, (size_t)OC * sizeof *b);
-        beta = 1.0f;
+    } else if (C <= 0) {
+        memset(y, 0, (size_t)B * OC * sizeof *y);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, OC, C, 1.0f, x, C, W, C, beta, y,
-                OC);
+    if (C > 0) /* BLAS rejects lda = 0 */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, OC, C, 1.0f, x, C, W, C,
+                    b ? 1.0f : 0.0f, y, OC);
 }
 
 void nn_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,
                         const float *W, int B, int C, int OC) {
-    if (B <= 0 || OC <= 0 || C <= 0) return;
-    if (dx)
+    if (B <= 0 || OC <= 0) return;
+    if (dx && C > 0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, C, OC, 1.0f, dy, OC, W, C,
                     1.0f, dx, C);
-    if (dW)
+    if (dW && C > 0)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, B, 1.0f, dy, OC, x, C, 1.0f,
                     dW, C);
     if (db)
@@ -66,8 +67,41 @@ void nn_linear_backward(float *dx, float *dW, float *db, const float *dy, const 
 }
 
 /* ---- elementwise activations -------------------------------------------------------- */
-/* Forward loops may run in place (y == x), so no restrict on them; each element is read
- * before it is written. */
+/* The exp-based kernels run in blocks of NN_VB elements: a fixed-length loop GCC turns
+ * into a few vector instructions. The tail goes through the same block function via a
+ * zero-padded local copy, so every element is computed by identical instructions
+ * whatever its position in the array or the array's length: results do not change bit
+ * for bit when a batch is cut differently across ranks. Forward may run in place: a
+ * block is read completely before it is written. */
+#define NN_VB (2 * NN_VW)
+
+#define NN_MAP1_(blk, y, x, n)                                                          \
+    do {                                                                                \
+        size_t i_ = 0;                                                                  \
+        for (; i_ + NN_VB <= (n); i_ += NN_VB) blk((y) + i_, (x) + i_);                 \
+        if (i_ < (n)) {                                                                 \
+            float a_[NN_VB] = {0}, o_[NN_VB];                                           \
+            memcpy(a_, (x) + i_, ((n) - i_) * sizeof(float));                           \
+            blk(o_, a_);                                                                \
+            memcpy((y) + i_, o_, ((n) - i_) * sizeof(float));                           \
+        }                                                                               \
+    } while (0)
+
+/* dx += dy * f'(c) over blocks; same tail treatment. */
+#define NN_MAP2_(blk, dx, dy, c, n)                                                     \
+    do {                                                                                \
+        size_t i_ = 0;                                                                  \
+        for (; i_ + NN_VB <= (n); i_ += NN_VB) blk((dx) + i_, (dy) + i_, (c) + i_);     \
+        if (i_ < (n)) {                                                                 \
+            float d_[NN_VB] = {0}, g_[NN_VB] = {0}, c_[NN_VB] = {0};                    \
+            size_t r_ = ((n) - i_) * sizeof(float);                                     \
+            memcpy(d_, (dx) + i_, r_);                                                  \
+            memcpy(g_, (dy) + i_, r_);                                                  \
+            memcpy(c_, (c) + i_, r_);                                                   \
+            blk(d_, g_, c_);                                                            \
+            memcpy((dx) + i_, d_, r_);                                                  \
+        }                                                                               \
+    } while (0)
 
 void nn_relu_forward(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -78,17 +112,38 @@ void nn_relu_backward(float *restrict dx, const float *restrict dy, const float 
     for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-void nn_tanh_forward(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = nn_tanh_(x[i]);
+/* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): the sign bit is moved by masks. */
+static inline nn_vf nn_vtanh_(nn_vf u) {
+    const nn_vi sign = (nn_vi){0} + (int32_t)0x80000000u;
+    nn_vi ui = (nn_vi)u;
+    nn_vf a = (nn_vf)(ui & ~sign);
+    nn_vf e = nn_vexp_(-2.0f * a);
+    nn_vf t = (1.0f - e) / (1.0f + e);
+    return (nn_vf)((nn_vi)t | (ui & sign));
 }
+
+static inline void nn_tanh_blk_(float *y, const float *x) {
+    nn_vf a = nn_vtanh_(nn_vload_(x)), b = nn_vtanh_(nn_vload_(x + NN_VW));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
+}
+
+void nn_tanh_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_tanh_blk_, y, x, n); }
 
 void nn_tanh_backward(float *restrict dx, const float *restrict dy, const float *restrict y,
                       size_t n) {
     for (size_t i = 0; i < n; i++) dx[i] += dy[i] * (1.0f - y[i] * y[i]);
 }
 
+static inline void nn_sigmoid_blk_(float *y, const float *x) {
+    nn_vf a = 1.0f / (1.0f + nn_vexp_(-nn_vload_(x)));
+    nn_vf b = 1.0f / (1.0f + nn_vexp_(-nn_vload_(x + NN_VW)));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
+}
+
 void nn_sigmoid_forward(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) y[i] = nn_sigmoid_(x[i]);
+    NN_MAP1_(nn_sigmoid_blk_, y, x, n);
 }
 
 void nn_sigmoid_backward(float *restrict dx, const float *restrict dy, const float *restrict y,
@@ -102,25 +157,42 @@ void nn_sigmoid_backward(float *restrict dx, const float *restrict dy, const flo
 #define NN_GELU_K 0.7978845608028654f
 #define NN_GELU_A 0.044715f
 
-void nn_gelu_forward(float *y, const float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float u = NN_GELU_K * (v + NN_GELU_A * v * v * v);
-        y[i] = v * nn_sigmoid_(2.0f * u);
-    }
+/* -2u = x (c1 + c2 x^2); y = x / (1 + exp(-2u)). Vector types keep the block in registers. */
+#define NN_GELU_C1 (-2.0f * NN_GELU_K)
+#define NN_GELU_C2 (-2.0f * NN_GELU_K * NN_GELU_A)
+
+static inline nn_vf nn_vgelu_(nn_vf v) {
+    nn_vf e = nn_vexp_(v * (NN_GELU_C1 + NN_GELU_C2 * (v * v)));
+    return v / (1.0f + e);
 }
 
-/* d/dx [x s(2u)] = s + x * 2 s (1 - s) * u', u' = k (1 + 3 a x^2), s = sigmoid(2u). */
+static inline void nn_gelu_blk_(float *y, const float *x) {
+    nn_vf a = nn_vgelu_(nn_vload_(x)), b = nn_vgelu_(nn_vload_(x + NN_VW));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
+}
+
+void nn_gelu_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_gelu_blk_, y, x, n); }
+
+/* With s = sigmoid(2u) = 1 / (1 + exp(-2u)):
+ * d/dx [x s] = s + x * 2 s (1 - s) * u',  u' = k (1 + 3 a x^2). */
+static inline nn_vf nn_vgelu_grad_(nn_vf v) {
+    nn_vf v2 = v * v;
+    nn_vf s = 1.0f / (1.0f + nn_vexp_(v * (NN_GELU_C1 + NN_GELU_C2 * v2)));
+    nn_vf du2 = (2.0f * NN_GELU_K) + (6.0f * NN_GELU_K * NN_GELU_A) * v2; /* 2 u' */
+    return s + v * s * (1.0f - s) * du2;
+}
+
+static inline void nn_gelu_bwd_blk_(float *dx, const float *dy, const float *x) {
+    nn_vf a = nn_vload_(dx) + nn_vload_(dy) * nn_vgelu_grad_(nn_vload_(x));
+    nn_vf b = nn_vload_(dx + NN_VW) + nn_vload_(dy + NN_VW) * nn_vgelu_grad_(nn_vload_(x + NN_VW));
+    nn_vstore_(dx, a);
+    nn_vstore_(dx + NN_VW, b);
+}
+
 void nn_gelu_backward(float *restrict dx, const float *restrict dy, const float *restrict x,
                       size_t n) {
-    for (size_t i = 0; i < n; i++) {
-        float v = x[i];
-        float v2 = v * v;
-        float u = NN_GELU_K * (v + NN_GELU_A * v2 * v);
-        float s = nn_sigmoid_(2.0f * u);
-        float du = NN_GELU_K * (1.0f + 3.0f * NN_GELU_A * v2);
-        dx[i] += dy[i] * (s + 2.0f * v * s * (1.0f - s) * du);
-    }
+    NN_MAP2_(nn_gelu_bwd_blk_, dx, dy, x, n);
 }
 
 /* ---- dropout ------------------------------------------------------------------------ */
@@ -137,12 +209,25 @@ void nn_dropout_forward(float *y, float *mask, const float *x, size_t n, int row
         return;
     }
     float keep = 1.0f / (1.0f - p);
+    /* Element j of a row is dropped when nn_rng_uniform of its row's generator, draw
+     * j + 1, is below p: (hash >> 40) * 2^-24 < p, i.e. (hash >> 40) < p * 2^24 (exact,
+     * 2^24 scales a float exactly). Written as a plain loop over j (what nn_rng_u64
+     * computes for counter j + 1) so GCC vectorises the hash. */
+    const uint64_t thresh = (uint64_t)ceilf(p * 16777216.0f);
     size_t rows = n / (size_t)row;
     for (size_t r = 0; r < rows; r++) {
         uint64_t idx = row_index ? (uint64_t)row_index[r] : (uint64_t)r;
-        nn_rng g = nn_rng_make(seed, step, idx, NN_RNG_DROPOUT);
+        uint64_t key = nn_rng_make(seed, step, idx, NN_RNG_DROPOUT).key;
         float *restrict m = mask + r * (size_t)row;
-        for (int j = 0; j < row; j++) m[j] = nn_rng_uniform(&g) < p ? 0.0f : keep;
+        for (int j = 0; j < row; j++) {
+            uint64_t z = key + (uint64_t)(j + 1) * UINT64_C(0x9E3779B97F4A7C15);
+            z ^= z >> 30;
+            z *= UINT64_C(0xBF58476D1CE4E5B9);
+            z ^= z >> 27;
+            z *= UINT64_C(0x94D049BB133111EB);
+            z ^= z >> 31;
+            m[j] = (z >> 40) < thresh ? 0.0f : keep;
+        }
         const float *xr = x + r * (size_t)row;
         float *yr = y + r * (size_t)row;
         for (int j = 0; j < row; j++) yr[j] = xr[j] * m[j];
@@ -155,6 +240,8 @@ void nn_dropout_backward(float *restrict dx, const float *restrict dy, const flo
 }
 
 /* ---- layer norm --------------------------------------------------------------------- */
+/* Row reductions run in vector lanes (nn_vf) in a fixed order: a plain float loop would
+ * be one serial chain of dependent adds, ~4x slower at C = 256. */
 
 #define NN_LN_EPS 1e-5f
 
@@ -163,16 +250,19 @@ void nn_layernorm_forward(float *y, float *mean, float *rstd, const float *x, co
     for (int i = 0; i < N; i++) {
         const float *xr = x + (size_t)i * C;
         float *yr = y + (size_t)i * C;
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) s += xr[c];
-        float m = s / (float)C;
-        float v = 0.0f; /* two passes: no cancellation when |mean| >> std */
-        for (int c = 0; c < C; c++) {
-            float d = xr[c] - m;
-            v += d * d;
+        float m = nn_vrow_sum_(xr, C) / (float)C;
+        /* two passes: no cancellation when |mean| >> std */
+        nn_vf v0 = nn_vsplat_(0.0f), v1 = v0;
+        int c = 0;
+        for (; c + 2 * NN_VW <= C; c += 2 * NN_VW) {
+            nn_vf d0 = nn_vload_(xr + c) - m, d1 = nn_vload_(xr + c + NN_VW) - m;
+            v0 += d0 * d0;
+            v1 += d1 * d1;
         }
+        float v = nn_vsum_(v0 + v1);
+        for (; c < C; c++) v += (xr[c] - m) * (xr[c] - m);
         float rs = 1.0f / sqrtf(v / (float)C + NN_LN_EPS);
-        for (int c = 0; c < C; c++) yr[c] = (xr[c] - m) * rs * g[c] + b[c];
+        for (c = 0; c < C; c++) yr[c] = (xr[c] - m) * rs * g[c] + b[c];
         mean[i] = m;
         rstd[i] = rs;
     }
@@ -186,26 +276,35 @@ void nn_layernorm_backward(float *dx, float *dg, float *db, const float *dy, con
         const float *restrict dyr = dy + (size_t)i * C;
         const float *restrict xr = x + (size_t)i * C;
         float m = mean[i], rs = rstd[i];
-        float sdn = 0.0f, sdnx = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float xh = (xr[c] - m) * rs;
+        nn_vf a0 = nn_vsplat_(0.0f), a1 = a0, b0 = a0, b1 = a0;
+        int c = 0;
+        for (; c + 2 * NN_VW <= C; c += 2 * NN_VW) {
+            nn_vf dn0 = nn_vload_(dyr + c) * nn_vload_(g + c);
+            nn_vf dn1 = nn_vload_(dyr + c + NN_VW) * nn_vload_(g + c + NN_VW);
+            a0 += dn0;
+            a1 += dn1;
+            b0 += dn0 * ((nn_vload_(xr + c) - m) * rs);
+            b1 += dn1 * ((nn_vload_(xr + c + NN_VW) - m) * rs);
+        }
+        float sdn = nn_vsum_(a0 + a1), sdnx = nn_vsum_(b0 + b1);
+        for (; c < C; c++) {
             float dn = dyr[c] * g[c];
             sdn += dn;
-            sdnx += dn * xh;
+            sdnx += dn * ((xr[c] - m) * rs);
         }
         sdn /= (float)C;
         sdnx /= (float)C;
         if (dx) {
             float *restrict dxr = dx + (size_t)i * C;
-            for (int c = 0; c < C; c++) {
+            for (c = 0; c < C; c++) {
                 float xh = (xr[c] - m) * rs;
                 dxr[c] += rs * (dyr[c] * g[c] - sdn - xh * sdnx);
             }
         }
         if (dg)
-            for (int c = 0; c < C; c++) dg[c] += dyr[c] * (xr[c] - m) * rs;
+            for (c = 0; c < C; c++) dg[c] += dyr[c] * ((xr[c] - m) * rs);
         if (db)
-            for (int c = 0; c < C; c++) db[c] += dyr[c];
+            for (c = 0; c < C; c++) db[c] += dyr[c];
     }
 }
 
@@ -215,15 +314,8 @@ void nn_softmax_forward(float *p, const float *x, int N, int C) {
     for (int i = 0; i < N; i++) {
         const float *xr = x + (size_t)i * C;
         float *pr = p + (size_t)i * C;
-        float mx = -INFINITY;
-        for (int c = 0; c < C; c++) mx = xr[c] > mx ? xr[c] : mx;
-        float s = 0.0f;
-        for (int c = 0; c < C; c++) {
-            float e = nn_exp_(xr[c] - mx);
-            pr[c] = e;
-            s += e;
-        }
-        float inv = 1.0f / s;
+        float mx = nn_vrow_max_(xr, C);
+        float inv = 1.0f / nn_vrow_expsum_(pr, xr, mx, C);
         for (int c = 0; c < C; c++) pr[c] *= inv;
     }
 }

@@ -83,7 +83,8 @@ const char *nn_config_get(const nn_config *c, const char *key); /* NULL when abs
 int nn_config_int(const nn_config *c, const char *key, long def, long *out);
 int nn_config_float(const nn_config *c, const char *key, double def, double *out);
 int nn_config_bool(const nn_config *c, const char *key, int def, int *out);
-/* The value must be one of the '|'-separated choices ("lstm|gru|rnn"). */
+/* The value must be one of the '|'-separated choices ("lstm|gru|rnn"). *out points into
+ * c (or is def): valid until the key is set again or c is freed. */
 int nn_config_choice(const nn_config *c, const char *key, const char *def, const char *choices,
                      const char **out);
 
@@ -156,8 +157,10 @@ void nn_sigmoid_backward(float *dx, const float *dy, const float *y, size_t n);
 void nn_gelu_forward(float *y, const float *x, size_t n);
 void nn_gelu_backward(float *dx, const float *dy, const float *x, size_t n);
 
-/* Inverted dropout: mask[i] = 0 or 1/(1-p), drawn from nn_rng_make(seed, step, index0 + i/row,
- * NN_RNG_DROPOUT) per row of width `row`; y = x * mask. p = 0 copies and sets mask to 1. */
+/* Inverted dropout over n = rows * row floats: mask = 0 or 1/(1-p); element j of row r is
+ * dropped when draw j of nn_rng_make(seed, step, row_index[r], NN_RNG_DROPOUT) (r itself
+ * when row_index is NULL) is below p; y = x * mask (in place allowed). p = 0 copies and
+ * sets mask to 1. */
 void nn_dropout_forward(float *y, float *mask, const float *x, size_t n, int row, float p,
                         uint64_t seed, uint64_t step, const int64_t *row_index);
 void nn_dropout_backward(float *dx, const float *dy, const float *mask, size_t n);
@@ -188,7 +191,8 @@ double nn_bce_forward_backward(float *dz, const float *z, const float *t, int N,
 /* ---- gradient checking (tests and --gradcheck) --------------------------------------- */
 /* f(ctx) must return the scalar loss for the current values of x[0..n). Compares analytic
  * gradient g against central differences with step h at up to max_checks indices spread
- * over x; returns the worst relative error |g - fd| / max(1e-3 + |g| + |fd|). */
+ * over x; returns the worst relative error |g - fd| / max(1e-3, |g| + |fd|) (NaN if any).
+ * x is restored exactly. */
 double nn_gradcheck(double (*f)(void *ctx), void *ctx, float *x, const float *g, size_t n,
                     float h, int max_checks);
 
