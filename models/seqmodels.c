@@ -547,36 +547,20 @@ static void lm_xent_rows(const lm_xent_job *J, int c) {
         }
         const float *restrict b = J->bias;
         for (int j = 0; j < V; j++) x[j] += b[j];
-        float mx = x[0];
-        int am = 0;
-        for (int j = 1; j < V; j++)
-            if (x[j] > mx) {
-                mx = x[j];
-                am = j;
-            }
-        float zt = x[t];
-        float part[16] = {0};
-        int j = 0;
-        for (; j + 16 <= V; j += 16)
-            for (int q = 0; q < 16; q++) {
-                float e = nn_exp_(x[j + q] - mx);
-                x[j + q] = e;
-                part[q] += e;
-            }
-        float s = 0.0f;
-        for (; j < V; j++) {
-            x[j] = nn_exp_(x[j] - mx);
-            s += x[j];
-        }
-        for (int q = 0; q < 16; q++) s += part[q];
+        float mx = nn_vrow_max_(x, V), zt = x[t];
+        float s = nn_vrow_expsum_(x, x, mx, V); /* x := exp(z - max) */
         loss += (double)mx + log((double)s) - (double)zt;
         cnt += 1.0;
-        hit += am == t;
+        hit += zt >= mx; /* the target attains the max (ties count as hits) */
         if (J->train) {
             float a = J->gs / s;
-            for (int k = 0; k < V; k++) x[k] *= a;
+            for (int k = 0; k < V; k++) {
+                float g = x[k] * a;
+                x[k] = g;
+                db[k] += g;
+            }
             x[t] -= J->gs;
-            for (int k = 0; k < V; k++) db[k] += x[k];
+            db[t] -= J->gs;
         }
     }
     J->acc[3 * c] = loss;
@@ -604,7 +588,8 @@ static void lm_xent_run(lm_xent_job *J, float *dbias, nn_stats *st) {
     lm_xent_arg args[LM_MAX_THREADS];
     int started[LM_MAX_THREADS] = {0};
     for (int i = 0; i < nt; i++) args[i] = (lm_xent_arg){J, i};
-    for (int i = 1; i < nt; i++) started[i] = pthread_create(&th[i], NULL, lm_xent_thread, &args[i]) == 0;
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, lm_xent_thread, &args[i]) == 0;
     lm_xent_thread(&args[0]);
     for (int i = 1; i < nt; i++) {
         if (started[i]) pthread_join(th[i], NULL);
