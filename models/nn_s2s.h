@@ -10,7 +10,14 @@
  * bidirectional) -> decoder cell with Bahdanau attention (or none: only the initial state
  * carries the source) -> linear on [s_t; c_t] -> softmax cross-entropy over the target
  * vocabulary, teacher forcing. data_kind "parallel". Keys: cell, dim, hidden, layers,
- * bidirectional, attention, dropout. decode: greedy (beam 1) and beam search. */
+ * bidirectional, attention, dropout. Parameters follow PyTorch's layouts (nn.LSTM/nn.GRU
+ * gate order, packed-sequence final states), so a PyTorch model with the same weights gives
+ * the same loss and gradients.
+ * decode: greedy (beam 1) or beam search with length normalisation
+ * score / ((5 + len) / 6)^len_alpha (len counts the NN_EOS); never emits NN_PAD or NN_BOS
+ * (NN_UNK may appear). Output rows (max_out ids) end with NN_EOS and are NN_PAD-padded, or
+ * hold max_out tokens without NN_EOS when the limit was reached. The first decode allocates
+ * scratch for B * beam rows and max_out steps; later calls reuse it or grow it. */
 extern const nn_model_ops nn_seq2seq_ops;
 
 /* Attention weights of the last greedy decode (beam = 1) of a seq2seq model with

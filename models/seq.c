@@ -291,6 +291,11 @@ void nn_rnn_reset_carry(nn_rnn *r) {
 
 /* ---- recurrent stacks: forward ------------------------------------------------------- */
 
+static size_t lane_of(int64_t index, int lanes) {
+    int64_t l = index % lanes;
+    return (size_t)(l < 0 ? l + lanes : l);
+}
+
 /* One direction over xin (T,B,In). The initial state is already in slot s0 (0 forward,
  * T reverse) of state/cell. Leaves activated gates, states and aux caches. */
 static void dir_forward(const nn_rnn *r, nn_rnn_dir *D, const float *xin, int In, int B, int T,
@@ -336,7 +341,8 @@ static void dir_forward(const nn_rnn *r, nn_rnn_dir *D, const float *xin, int In
                 float *tc = D->aux + t * BH + (size_t)b * H;
                 float *gi = gb, *gf = gb + H, *gg = gb + 2 * H, *go = gb + 3 * H;
                 for (int j = 0; j < H; j++) {
-                    float ii = nn_sigmoid_(gi[j]), ff = nn_sigmoid_(gf[j]), gv = nn_tanh_(gg[j]), oo = nn_sigmoid_(go[j]);
+                    float ii = nn_sigmoid_(gi[j]), ff = nn_sigmoid_(gf[j]);
+                    float gv = nn_tanh_(gg[j]), oo = nn_sigmoid_(go[j]);
                     float c = ff * cp[j] + ii * gv;
                     float th = nn_tanh_(c);
                     gi[j] = ii; gf[j] = ff; gg[j] = gv; go[j] = oo;
@@ -392,8 +398,7 @@ void nn_rnn_forward(nn_rnn *r, float *y, float *last, const float *x, const int3
                 float *h0 = D->state + s0 + (size_t)b * H;
                 float *c0 = D->cell ? D->cell + s0 + (size_t)b * H : NULL;
                 if (carry) {
-                    size_t lane = (size_t)(lane_index[b] % r->lanes);
-                    size_t o = (lane * r->layers + l) * H;
+                    size_t o = (lane_of(lane_index[b], r->lanes) * r->layers + l) * H;
                     memcpy(h0, r->carry_h + o, H * sizeof *h0);
                     if (c0) memcpy(c0, r->carry_c + o, H * sizeof *c0);
                 } else {
@@ -404,8 +409,7 @@ void nn_rnn_forward(nn_rnn *r, float *y, float *last, const float *x, const int3
             dir_forward(r, D, xin, L->in, B, T, d);
             if (carry) /* forward-only stacks: the final state sits in slot T */
                 for (int b = 0; b < B; b++) {
-                    size_t lane = (size_t)(lane_index[b] % r->lanes);
-                    size_t o = (lane * r->layers + l) * H;
+                    size_t o = (lane_of(lane_index[b], r->lanes) * r->layers + l) * H;
                     memcpy(r->carry_h + o, D->state + (size_t)T * BH + (size_t)b * H,
                            H * sizeof(float));
                     if (D->cell)
@@ -598,7 +602,8 @@ void nn_rnn_step(const nn_rnn *r, float *y, float *h, float *c, const float *x, 
             if (r->cell == NN_CELL_LSTM) {
                 float *cb = cl + (size_t)b * H;
                 for (int j = 0; j < H; j++) {
-                    float ii = nn_sigmoid_(gb[j]), ff = nn_sigmoid_(gb[H + j]), gv = nn_tanh_(gb[2 * H + j]);
+                    float ii = nn_sigmoid_(gb[j]), ff = nn_sigmoid_(gb[H + j]);
+                    float gv = nn_tanh_(gb[2 * H + j]);
                     float oo = nn_sigmoid_(gb[3 * H + j]);
                     cb[j] = ff * cb[j] + ii * gv;
                     hb[j] = oo * nn_tanh_(cb[j]);
@@ -606,7 +611,8 @@ void nn_rnn_step(const nn_rnn *r, float *y, float *h, float *c, const float *x, 
             } else if (r->cell == NN_CELL_GRU) {
                 const float *hpb = hp + (size_t)b * GH;
                 for (int j = 0; j < H; j++) {
-                    float rr = nn_sigmoid_(gb[j] + hpb[j]), zz = nn_sigmoid_(gb[H + j] + hpb[H + j]);
+                    float rr = nn_sigmoid_(gb[j] + hpb[j]);
+                    float zz = nn_sigmoid_(gb[H + j] + hpb[H + j]);
                     float nv = nn_tanh_(gb[2 * H + j] + rr * hpb[2 * H + j]);
                     hb[j] = (1.0f - zz) * nv + zz * hb[j];
                 }

@@ -14,6 +14,7 @@
 #include "models/nn_math.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 /* ---- shared pieces ------------------------------------------------------------------ */
@@ -506,6 +507,105 @@ const nn_model_ops nn_rnn_classifier_ops = {
     .evaluate = rnnc_evaluate_,
 };
 
+/* ---- rnn-lm output: fused bias + softmax cross-entropy + bias gradient ---------------- */
+/* The output layer over the vocabulary dominates an LM step. logits (N,V) arrive from one
+ * GEMM without bias; one pass per row adds the bias and finds the max, a second writes
+ * exp(z - max) in place while summing it, a third scales that into the gradient and adds
+ * it into this chunk's share of dbias. Rows are processed in fixed chunks of LM_CHUNK, so
+ * the sums (loss, dbias) do not depend on how many threads run them; threads take chunks
+ * round-robin and the partial sums are added in chunk order. */
+#define LM_CHUNK 64
+#define LM_MAX_THREADS 16
+
+typedef struct lm_xent_job {
+    float *logits;          /* (N,V) in: x W^T; out: grad_scale * dloss/dz (train) */
+    const float *bias;      /* (V) */
+    const int32_t *y;       /* (N) targets; NN_PAD ignored */
+    int N, V, train, nthreads;
+    float gs;               /* grad_scale */
+    double *acc;            /* (nchunks, 3): loss, count, correct per chunk */
+    float *dbias_part;      /* (nchunks, V) */
+} lm_xent_job;
+
+typedef struct lm_xent_arg {
+    const lm_xent_job *job;
+    int tid;
+} lm_xent_arg;
+
+static void lm_xent_rows(const lm_xent_job *J, int c) {
+    const int V = J->V;
+    int lo = c * LM_CHUNK, hi = lo + LM_CHUNK < J->N ? lo + LM_CHUNK : J->N;
+    double loss = 0.0, cnt = 0.0, hit = 0.0;
+    float *db = J->train ? J->dbias_part + (size_t)c * V : NULL;
+    if (db) memset(db, 0, (size_t)V * sizeof *db);
+    for (int i = lo; i < hi; i++) {
+        float *restrict x = J->logits + (size_t)i * V;
+        int32_t t = J->y[i];
+        if (t == NN_PAD) {
+            if (J->train) memset(x, 0, (size_t)V * sizeof *x);
+            continue;
+        }
+        const float *restrict b = J->bias;
+        for (int j = 0; j < V; j++) x[j] += b[j];
+        float mx = nn_vrow_max_(x, V), zt = x[t];
+        float s = nn_vrow_expsum_(x, x, mx, V); /* x := exp(z - max) */
+        loss += (double)mx + log((double)s) - (double)zt;
+        cnt += 1.0;
+        hit += zt >= mx; /* the target attains the max (ties count as hits) */
+        if (J->train) {
+            float a = J->gs / s;
+            for (int k = 0; k < V; k++) {
+                float g = x[k] * a;
+                x[k] = g;
+                db[k] += g;
+            }
+            x[t] -= J->gs;
+            db[t] -= J->gs;
+        }
+    }
+    J->acc[3 * c] = loss;
+    J->acc[3 * c + 1] = cnt;
+    J->acc[3 * c + 2] = hit;
+}
+
+static void *lm_xent_thread(void *p) {
+    lm_xent_arg *a = p;
+    int nch = (a->job->N + LM_CHUNK - 1) / LM_CHUNK;
+    for (int c = a->tid; c < nch; c += a->job->nthreads) lm_xent_rows(a->job, c);
+    return NULL;
+}
+
+/* Runs J over all chunks on up to J->nthreads threads (the caller's included), then adds
+ * the chunk sums into st and, when training, dbias. Falls back to fewer threads if
+ * pthread_create fails. */
+static void lm_xent_run(lm_xent_job *J, float *dbias, nn_stats *st) {
+    int nch = (J->N + LM_CHUNK - 1) / LM_CHUNK;
+    int nt = J->nthreads < nch ? J->nthreads : nch;
+    if (nt < 1) nt = 1;
+    if (nt > LM_MAX_THREADS) nt = LM_MAX_THREADS;
+    J->nthreads = nt;
+    pthread_t th[LM_MAX_THREADS];
+    lm_xent_arg args[LM_MAX_THREADS];
+    int started[LM_MAX_THREADS] = {0};
+    for (int i = 0; i < nt; i++) args[i] = (lm_xent_arg){J, i};
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, lm_xent_thread, &args[i]) == 0;
+    lm_xent_thread(&args[0]);
+    for (int i = 1; i < nt; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        else lm_xent_thread(&args[i]); /* could not start: do its share here */
+    }
+    for (int c = 0; c < nch; c++) {
+        st->loss += J->acc[3 * c];
+        st->count += J->acc[3 * c + 1];
+        st->correct += J->acc[3 * c + 2];
+        if (J->train) {
+            const float *p = J->dbias_part + (size_t)c * J->V;
+            for (int v = 0; v < J->V; v++) dbias[v] += p[v];
+        }
+    }
+}
+
 /* ---- rnn-lm ---------------------------------------------------------------------- */
 
 typedef struct rnnlm {
@@ -519,6 +619,10 @@ typedef struct rnnlm {
     float *x, *xd, *xmask, *dxd, *dx;  /* (B,T,E) embeddings, after dropout, grads */
     float *h, *hd, *hmask, *dhd, *dh;  /* (B,T,H) stack output, after dropout, grads */
     float *logits;                     /* (B*T, V), overwritten by its gradient */
+    float *tdW;                        /* (H,V) dW^T before it is added into dW */
+    float *tdh;                        /* (H,B*T) dh^T */
+    double *acc;                       /* (chunks, 3) fused xent sums */
+    float *dbias_part;                 /* (chunks, V) */
     int32_t *len;
     /* generation state (B = 1) */
     float *gh, *gc, *gx, *gy, *gscratch, *gsel; /* (L,H), (L,H), (E), (H), step, (V) */
@@ -561,6 +665,11 @@ static size_t rnnlm_layout(rnnlm *l, float *base) {
     l->dhd = take(base, &off, BT * H);
     l->dh = take(base, &off, BT * H);
     l->logits = take(base, &off, BT * V);
+    l->tdW = take(base, &off, H * V);
+    l->tdh = take(base, &off, H * BT);
+    size_t nch = (BT + LM_CHUNK - 1) / LM_CHUNK;
+    l->dbias_part = take(base, &off, nch * V);
+    l->acc = (double *)take(base, &off, 2 * 3 * nch);
     l->gh = take(base, &off, L * H);
     l->gc = take(base, &off, L * H);
     l->gx = take(base, &off, E);
@@ -685,16 +794,20 @@ static int rnnlm_run_(nn_model *m, const nn_batch *b, int train, float grad_scal
                            b->step, b->index);
         hin = l->hd;
     }
-    nn_linear_forward(l->logits, hin, l->W, l->bias, N, H, V);
-    double count = 0.0, correct = 0.0;
-    st->loss += nn_xent_forward_backward(train ? l->logits : NULL, l->logits, b->y, N, V, NN_PAD,
-                                         0.0f, grad_scale, &count, &correct);
-    st->count += count;
-    st->correct += correct;
+    nn_gemm(0, 1, N, V, H, 1.0f, hin, H, l->W, H, 0.0f, l->logits, V);
+    lm_xent_job J = {l->logits, l->bias, b->y, N, V, train, nn_get_threads(), grad_scale, l->acc,
+                     l->dbias_part};
+    lm_xent_run(&J, l->dbias, st);
     if (!train) return NN_OK;
+    /* dh = dz W and dW += dz^T h, each computed transposed: OpenBLAS runs these shapes
+     * (few rows, long rows) markedly faster than the direct ones (see scripts/bench-lstm). */
     float *dh = drop ? l->dhd : l->dh;
-    memset(dh, 0, (size_t)N * H * sizeof(float));
-    nn_linear_backward(dh, l->dW, l->dbias, l->logits, hin, l->W, N, H, V);
+    nn_gemm(1, 1, H, N, V, 1.0f, l->W, H, l->logits, V, 0.0f, l->tdh, N);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < H; j++) dh[(size_t)i * H + j] = l->tdh[(size_t)j * N + i];
+    nn_gemm(1, 0, H, V, N, 1.0f, hin, H, l->logits, V, 0.0f, l->tdW, V);
+    for (int v = 0; v < V; v++)
+        for (int j = 0; j < H; j++) l->dW[(size_t)v * H + j] += l->tdW[(size_t)j * V + v];
     if (drop) {
         memset(l->dh, 0, (size_t)N * H * sizeof(float));
         nn_dropout_backward(l->dh, l->dhd, l->hmask, (size_t)N * H);

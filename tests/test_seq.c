@@ -127,7 +127,8 @@ START_TEST(test_conv1d_matches_direct_sum) {
                         for (int j = 0; j < 3; j++) {
                             int u = t + j - padl;
                             if (u < 0 || u >= c.len[b]) continue;
-                            s += (double)c.W[(f * c.C + ch) * 3 + j] * c.x[(b * c.T + u) * c.C + ch];
+                            s +=
+                                (double)c.W[(f * c.C + ch) * 3 + j] * c.x[(b * c.T + u) * c.C + ch];
                         }
                     ck_assert_double_eq_tol(c.y[(b * c.To + t) * c.F + f], s, 1e-5);
                 }
@@ -342,10 +343,11 @@ START_TEST(test_rnn_truncated_bptt_equals_chunked_runs_with_carried_state) {
             int L = k.len[b] - chunk * kk;
             c.k.len[b] = L < 0 ? 0 : (L > kk ? kk : L);
             for (int t = 0; t < kk; t++) {
-                memcpy(c.x + ((size_t)b * kk + t) * k.C, a.x + ((size_t)b * k.T + chunk * kk + t) * k.C,
-                       k.C * sizeof(float));
+                memcpy(c.x + ((size_t)b * kk + t) * k.C,
+                       a.x + ((size_t)b * k.T + chunk * kk + t) * k.C, k.C * sizeof(float));
                 memcpy(c.Ry + ((size_t)b * kk + t) * c.r.Hout,
-                       a.Ry + ((size_t)b * k.T + chunk * kk + t) * c.r.Hout, c.r.Hout * sizeof(float));
+                       a.Ry + ((size_t)b * k.T + chunk * kk + t) * c.r.Hout,
+                       c.r.Hout * sizeof(float));
             }
         }
         memset(c.dx, 0, (size_t)k.B * kk * k.C * sizeof(float));
@@ -355,7 +357,8 @@ START_TEST(test_rnn_truncated_bptt_equals_chunked_runs_with_carried_state) {
             for (int t = 0; t < kk; t++)
                 for (int ch = 0; ch < k.C; ch++)
                     ck_assert_double_eq_tol(c.dx[((size_t)b * kk + t) * k.C + ch],
-                                            dxa[((size_t)b * k.T + chunk * kk + t) * k.C + ch], 1e-5);
+                                            dxa[((size_t)b * k.T + chunk * kk + t) * k.C + ch],
+                                            1e-5);
     }
     for (size_t i = 0; i < a.ps.total; i++) ck_assert_double_eq_tol(c.ps.grad[i], ga[i], 1e-4);
 
@@ -391,11 +394,12 @@ START_TEST(test_rnn_reverse_direction_truncation_mirrors_forward) {
         for (int t = 0; t < k.T; t++) {
             memcpy(f.x + ((size_t)b * k.T + t) * k.C, a.x + ((size_t)b * k.T + k.T - 1 - t) * k.C,
                    k.C * sizeof(float));
-            memcpy(f.Ry + ((size_t)b * k.T + t) * H, a.Ry + ((size_t)b * k.T + k.T - 1 - t) * Ho + H,
-                   H * sizeof(float));
+            memcpy(f.Ry + ((size_t)b * k.T + t) * H,
+                   a.Ry + ((size_t)b * k.T + k.T - 1 - t) * Ho + H, H * sizeof(float));
         }
     rnn_grads(&f);
-    for (size_t i = 0; i < GH * k.C; i++) ck_assert_double_eq_tol(dst->dw_ih[i], src->dw_ih[i], 1e-4);
+    for (size_t i = 0; i < GH * k.C; i++)
+        ck_assert_double_eq_tol(dst->dw_ih[i], src->dw_ih[i], 1e-4);
     for (size_t i = 0; i < GH * H; i++) ck_assert_double_eq_tol(dst->dw_hh[i], src->dw_hh[i], 1e-4);
     for (size_t i = 0; i < GH; i++) ck_assert_double_eq_tol(dst->db_hh[i], src->db_hh[i], 1e-4);
     rnn_teardown(&a);
@@ -424,12 +428,14 @@ START_TEST(test_rnn_outputs_ignore_padding) {
     ck_assert_mem_eq(l1, a.last, nl * sizeof *l1);
     for (int b = 0; b < k.B; b++) /* padded outputs are zero */
         for (int t = k.len[b]; t < k.T; t++)
-            for (int j = 0; j < a.r.Hout; j++) ck_assert_float_eq(y1[((size_t)b * k.T + t) * a.r.Hout + j], 0.0f);
+            for (int j = 0; j < a.r.Hout; j++)
+                ck_assert_float_eq(y1[((size_t)b * k.T + t) * a.r.Hout + j], 0.0f);
     /* row 1 alone, unpadded */
     int L = k.len[1], Ho = a.r.Hout;
     float *y2 = zalloc((size_t)L * Ho), *l2 = zalloc(Ho);
     nn_rnn_forward(&a.r, y2, l2, a.x + (size_t)1 * k.T * k.C, NULL, NULL, 1, L);
-    for (int i = 0; i < L * Ho; i++) ck_assert_double_eq_tol(y2[i], y1[(size_t)1 * k.T * Ho + i], 1e-5);
+    for (int i = 0; i < L * Ho; i++)
+        ck_assert_double_eq_tol(y2[i], y1[(size_t)1 * k.T * Ho + i], 1e-5);
     for (int j = 0; j < Ho; j++) ck_assert_double_eq_tol(l2[j], l1[Ho + j], 1e-5);
     free(y1); free(l1); free(y2); free(l2);
     rnn_teardown(&a);
@@ -662,6 +668,51 @@ START_TEST(test_rnn_lm_learns_a_cycle) {
 END_TEST
 
 
+/* The fused output layer splits rows over threads in fixed chunks: 1 and 3 threads give
+ * the same loss and gradients (and exercise the threaded path under the sanitizers). */
+START_TEST(test_rnn_lm_same_result_on_one_and_three_threads) {
+    nn_config cfg = {0};
+    nn_config_set(&cfg, "dim", "8");
+    nn_config_set(&cfg, "hidden", "8");
+    nn_dims d = {0};
+    d.vocab = 50; d.max_len = 40; d.max_batch = 5;
+    nn_model m = {0};
+    ck_assert_int_eq(nn_model_init(&m, &nn_rnn_lm_ops, &cfg, &d, 3), NN_OK);
+    nn_config_free(&cfg);
+    int32_t x[5 * 40], y[5 * 40], len[5];
+    int64_t idx[5];
+    nn_rng g = nn_rng_make(9, 0, 0, NN_RNG_USER);
+    for (int b = 0; b < 5; b++) {
+        len[b] = 40 - 7 * b;
+        idx[b] = b;
+        for (int t = 0; t < 40; t++) {
+            x[b * 40 + t] = t < len[b] ? 4 + (int)nn_rng_below(&g, 46) : NN_PAD;
+            y[b * 40 + t] = t < len[b] ? 4 + (int)nn_rng_below(&g, 46) : NN_PAD;
+        }
+    }
+    nn_batch bt = {0};
+    bt.B = 5; bt.T = 40; bt.U = 40; bt.x = x; bt.y = y; bt.x_len = len; bt.index = idx;
+    int saved = nn_get_threads();
+    float *g1 = zalloc(m.params.total);
+    nn_stats s1 = {0}, s3 = {0};
+    nn_set_threads(1);
+    nn_params_zero_grad(&m.params);
+    ck_assert_int_eq(m.ops->forward_backward(&m, &bt, 0.01f, &s1), NN_OK);
+    memcpy(g1, m.params.grad, m.params.total * sizeof *g1);
+    nn_set_threads(3);
+    nn_params_zero_grad(&m.params);
+    ck_assert_int_eq(m.ops->forward_backward(&m, &bt, 0.01f, &s3), NN_OK);
+    nn_set_threads(saved);
+    ck_assert_double_eq(s1.count, 5 * 40 - 7 * (0 + 1 + 2 + 3 + 4));
+    ck_assert_double_eq(s1.count, s3.count);
+    ck_assert_double_eq_tol(s1.loss, s3.loss, 1e-6 * s1.loss);
+    for (size_t i = 0; i < m.params.total; i++)
+        ck_assert_double_eq_tol(g1[i], m.params.grad[i], 1e-6);
+    free(g1);
+    nn_model_free(&m);
+}
+END_TEST
+
 /* ---- --dump DIR: inputs, weights, outputs and gradients for tests/torch_seq.py ---------- */
 /* Each tensor is DIR/<case>.<name>.bin: int32 magic 0x51534B4C ("LKSQ"), int32 ndim,
  * int32 dims[ndim], then float32 data (little-endian, row-major). DIR/cases.txt lists one
@@ -703,9 +754,10 @@ static int dump_conv(const char *dir, FILE *man, const char *cas, int k, int sam
     int dx_[3] = {c.B, c.T, c.C}, dw_[3] = {c.F, c.C, k}, db_[1] = {c.F}, dy_[3] = {c.B, c.To, c.F},
         dl_[1] = {c.B};
     int rc = dump_tensor(dir, cas, "x", c.x, 3, dx_) | dump_tensor(dir, cas, "len", lenf, 1, dl_) |
-             dump_tensor(dir, cas, "weight", c.W, 3, dw_) | dump_tensor(dir, cas, "bias", c.b, 1, db_) |
-             dump_tensor(dir, cas, "y", c.y, 3, dy_) | dump_tensor(dir, cas, "dy", c.R, 3, dy_) |
-             dump_tensor(dir, cas, "dx", c.dx, 3, dx_) | dump_tensor(dir, cas, "dweight", c.dW, 3, dw_) |
+             dump_tensor(dir, cas, "weight", c.W, 3, dw_) |
+             dump_tensor(dir, cas, "bias", c.b, 1, db_) | dump_tensor(dir, cas, "y", c.y, 3, dy_) |
+             dump_tensor(dir, cas, "dy", c.R, 3, dy_) | dump_tensor(dir, cas, "dx", c.dx, 3, dx_) |
+             dump_tensor(dir, cas, "dweight", c.dW, 3, dw_) |
              dump_tensor(dir, cas, "dbias", c.db, 1, db_);
     fprintf(man, "conv %s %d %d\n", cas, k, same);
     conv_teardown(&c);
@@ -729,7 +781,8 @@ static int dump_rnn(const char *dir, FILE *man, const char *cas, int cell, int l
     int rc = dump_tensor(dir, cas, "x", c.x, 3, dx_) | dump_tensor(dir, cas, "len", lenf, 1, dn_) |
              dump_tensor(dir, cas, "y", c.y, 3, dy_) | dump_tensor(dir, cas, "dy", c.Ry, 3, dy_) |
              dump_tensor(dir, cas, "last", c.last, 2, dl_) |
-             dump_tensor(dir, cas, "dlast", c.Rl, 2, dl_) | dump_tensor(dir, cas, "dx", c.dx, 3, dx_);
+             dump_tensor(dir, cas, "dlast", c.Rl, 2, dl_) |
+             dump_tensor(dir, cas, "dx", c.dx, 3, dx_);
     for (int i = 0; i < c.ps.n; i++) {
         nn_param *p = &c.ps.p[i];
         char gname[NN_NAME_MAX + 8];
@@ -800,6 +853,7 @@ static Suite *seq_suite(void) {
     tcase_add_test(tc, test_models_reject_bad_configuration_and_data);
     tcase_add_test(tc, test_rnn_lm_greedy_generation_matches_forward_argmax);
     tcase_add_test(tc, test_rnn_lm_learns_a_cycle);
+    tcase_add_test(tc, test_rnn_lm_same_result_on_one_and_three_threads);
     suite_add_tcase(s, tc);
     return s;
 }

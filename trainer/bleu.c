@@ -18,6 +18,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The trainer reduces bleu_stats across ranks as 10 contiguous doubles. */
+_Static_assert(sizeof(bleu_stats) == (2 * BLEU_ORDER + 2) * sizeof(double),
+               "bleu_stats must be a plain array of doubles");
+
 #define BLEU_ASSERT(cond)                                                               \
     do {                                                                                \
         if (!(cond)) {                                                                  \

@@ -15,7 +15,8 @@
 #define BLEU_ORDER 4
 
 /* Sufficient statistics of corpus BLEU. Every field is a sum over sentences, so stats of
- * disjoint shards add element-wise (the trainer reduces them as 10 doubles). */
+ * disjoint shards add element-wise: the trainer may reduce a bleu_stats as
+ * double[2 * BLEU_ORDER + 2] (bleu.c asserts there is no padding). */
 typedef struct bleu_stats {
     double match[BLEU_ORDER]; /* clipped n-gram matches, order n at [n-1] */
     double total[BLEU_ORDER]; /* hypothesis n-grams: max(0, hyp_len - n + 1) summed */
