@@ -55,11 +55,24 @@ train rnn-lm-tbptt --model rnn-lm --cell gru --data "$P/train.txt" --valid "$P/v
     --batch-size 8 --seq-len 32 --steps 60 --log-every 10 --hidden 32 --dim 32 --lr 0.005 \
     --bptt 8 --carry 8 --order lanes
 
+train gpt --model gpt --data "$P/train.txt" --valid "$P/valid.txt" --batch-size 16 --seq-len 32 \
+    --steps 60 --log-every 10 --layers 2 --dim 32 --heads 4 --ff 64 --context 32 --lr 0.005 \
+    --optimizer adamw --dropout 0.1
+out=$("$LOCKSTEP" generate --ckpt "$TMP/gpt/ckpt_00000060.h5" --prompt "the" --max-out 12 --top-k 20 --temperature 0.8 2>&1)
+[ "$(echo "$out" | wc -w)" -ge 5 ] && ok "gpt generate: $out" || bad "gpt generate: $out"
+
 E=$HERE/data/ende_small
 S2S=(--model seq2seq --data "$E/train.tsv" --valid "$E/valid.tsv" --batch-size 32 --steps 60
      --log-every 10 --hidden 32 --dim 32 --lr 0.01 --min-count 1 --eval-every 30)
 train s2s-attn "${S2S[@]}" --attention bahdanau
 train s2s-plain "${S2S[@]}" --attention none --cell gru
+train transformer --model transformer --data "$E/train.tsv" --valid "$E/valid.tsv" --batch-size 32 \
+    --steps 60 --log-every 10 --layers 2 --dim 32 --heads 4 --ff 64 --lr 0.003 --min-count 1 \
+    --eval-every 30 --eval-beam 2
+grep -q "valid step 60: .*BLEU [0-9.]* (beam 2)" "$TMP/transformer.log" && ok "transformer: BLEU with beam 2 during evaluation" ||
+    bad "transformer: no BLEU"
+"$LOCKSTEP" translate --ckpt "$TMP/transformer/ckpt_00000060.h5" --beam 3 < "$E/valid.tsv" > /dev/null 2>"$TMP/tt.err" &&
+    ok "transformer translate --beam 3" || { bad "transformer translate"; cat "$TMP/tt.err"; }
 grep -q "valid step 60: .*BLEU [0-9.]* (beam 1)" "$TMP/s2s-attn.log" && ok "seq2seq: validation BLEU reported" ||
     bad "seq2seq: no BLEU"
 cut -f1 "$E/valid.tsv" > "$TMP/src.txt"

@@ -69,6 +69,11 @@ int trainer_load_checkpoint(trainer_loaded *L, const char *path, int max_batch, 
     if (ml <= 0) ml = max_len;
     d.max_len = strcmp(kind, "lm") == 0 ? (int)seq : (int)ml;
     d.max_len_tgt = d.max_len + 1;
+    long ctx = 0; /* models with positions cannot take more than their context */
+    if (nn_config_int(&L->cfg, "context", 0, &ctx) == NN_OK && ctx > 1 && d.max_len_tgt > ctx) {
+        d.max_len_tgt = (int)ctx;
+        d.max_len = (int)ctx - 1;
+    }
     d.max_batch = max_batch;
     long seed = 1;
     nn_config_int(&L->cfg, "seed", 1, &seed);

@@ -2,6 +2,10 @@
  * line a failure prints. The same binary runs alone, under mpirun -np N, or under srun. */
 #include <stdio.h>
 #include <string.h>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#include <pmmintrin.h>
+#endif
 
 #include "trainer/bleu.h"
 #include "trainer/infer.h"
@@ -26,6 +30,12 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+#if defined(__SSE__)
+    /* Denormals in optimizer state (Adam's v decaying towards 0) slow every step by ~1.7x
+     * and carry no information at float32 training precision: flush them to zero. */
+    _MM_SET_FLUSH_ZERO_MODE(_MM_FLUSH_ZERO_ON);
+    _MM_SET_DENORMALS_ZERO_MODE(_MM_DENORMALS_ZERO_ON);
+#endif
     if (argc < 2 || strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0 ||
         strcmp(argv[1], "-h") == 0) {
         usage(argc < 2 ? stderr : stdout);
