@@ -284,7 +284,18 @@ struct nn_model {
     nn_dims dims;
     uint64_t seed;
     void *impl;            /* owned by the model; released by ops->free */
+    /* Optional hook set by the trainer (NULL otherwise). During backward a model calls
+     * nn_grad_ready(m, i) once the gradients of parameter i and of EVERY parameter
+     * registered after i are final for this micro-batch (parameters registered in forward
+     * order finish in reverse), so the trainer can start reducing them while backward
+     * goes on. Calling it is optional and never changes results. */
+    void (*grad_ready)(void *ctx, size_t lo);
+    void *grad_ready_ctx;
 };
+
+static inline void nn_grad_ready(nn_model *m, int param_index) {
+    if (m->grad_ready) m->grad_ready(m->grad_ready_ctx, m->params.p[param_index].offset);
+}
 
 /* Every model compiled in, NULL-terminated. */
 extern const nn_model_ops *const nn_models[];

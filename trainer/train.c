@@ -51,6 +51,10 @@ typedef struct run {
     int order;              /* 0 shuffle, 1 sequential, 2 lanes */
     int64_t *slots;         /* (micro) example ids of the current micro-batch */
     int64_t *acc;           /* deterministic mode: fixed-point gradient sums */
+    comm_buckets buckets;   /* overlapped gradient reduction (bucket-mb > 0, P > 1) */
+    int use_buckets;
+    double bucket_mb;
+    double comm_wait;       /* seconds spent waiting for gradient reduction (this window) */
     int bleu, eval_beam;    /* decode and score BLEU during evaluation */
     double len_alpha;
     int max_out;
@@ -412,6 +416,13 @@ static int find_nonfinite(const nn_params *ps) {
     return -1;
 }
 
+/* Called by models during backward of the last micro-batch: start reducing what is done. */
+static void on_grad_ready(void *ctx, size_t lo) {
+    run *r = ctx;
+    comm_buckets_ready(&r->buckets, lo);
+    comm_buckets_progress(&r->buckets);
+}
+
 /* Collective. Returns NN_OK, a negative status, or 1 when the step was skipped (NaN). */
 static int train_step(run *r, nn_stats *out) {
     const int64_t G = r->batch_size, m = r->micro;
@@ -442,18 +453,30 @@ static int train_step(run *r, nn_stats *out) {
         if (rc == NN_OK)
             rc = trainer_batch_fill(&r->batch, &r->data, &r->data.train, r->slots,
                                     (int)(j1 - j0), (uint64_t)r->ts.step);
+        /* overlap only in the last micro-batch: earlier ones still add to every gradient */
+        int last = k + 1 == hi;
+        r->model.grad_ready = r->use_buckets && last ? on_grad_ready : NULL;
+        r->model.grad_ready_ctx = r;
         if (rc == NN_OK) rc = r->ops->forward_backward(&r->model, &r->batch.b, scale, &st);
+        r->model.grad_ready = NULL;
         if (rc == NN_OK && r->deterministic) {
             if (comm_fixed_accumulate(r->acc, ps->grad, ps->total, COMM_FIXED_SCALE) != COMM_OK)
                 fixed_bad = 1;
             nn_params_zero_grad(ps);
         }
     }
+    double t_wait = trainer_now();
+    if (r->use_buckets) {
+        /* a rank with no micro-batch (more ranks than micro-batches) starts all here */
+        comm_buckets_finish(&r->buckets, 1.0f);
+    }
     if (comm_any(r->c, rc < 0)) {
         if (rc == NN_OK) nn_set_error("a training step failed on another rank");
         return rc < 0 ? rc : NN_ERR_DATA;
     }
-    if (r->deterministic) {
+    if (r->use_buckets) {
+        /* reduced above */
+    } else if (r->deterministic) {
         int frc = comm_fixed_allreduce(r->c, r->acc, ps->total, fixed_bad);
         comm_fixed_to_float(ps->grad, r->acc, ps->total, COMM_FIXED_SCALE);
         memset(r->acc, 0, ps->total * sizeof *r->acc);
@@ -465,6 +488,7 @@ static int train_step(run *r, nn_stats *out) {
     } else if (r->c->size > 1) {
         comm_allreduce_grads(r->c, ps->grad, ps->total, 1.0f);
     }
+    r->comm_wait += trainer_now() - t_wait;
     double v[3] = {st.loss, st.count, st.correct};
     comm_allreduce_sum_f64(r->c, v, 3);
     out->loss = v[0];
@@ -698,8 +722,13 @@ static int read_settings(run *r) {
         (rc = nn_config_choice(cfg, "on-nan", "stop", "stop|skip", &on_nan)) < 0 ||
         (rc = nn_config_bool(cfg, "bleu", 1, &r->bleu)) < 0 ||
         (rc = nn_config_int(cfg, "eval-beam", 1, &beam)) < 0 ||
-        (rc = nn_config_float(cfg, "len-alpha", 0.6, &r->len_alpha)) < 0)
+        (rc = nn_config_float(cfg, "len-alpha", 0.6, &r->len_alpha)) < 0 ||
+        (rc = nn_config_float(cfg, "bucket-mb", 4, &r->bucket_mb)) < 0)
         return rc;
+    if (r->bucket_mb < 0 || r->bucket_mb > 1024) {
+        nn_set_error("--bucket-mb must be in 0..1024, got %g", r->bucket_mb);
+        return NN_ERR_CONFIG;
+    }
     if (beam < 1 || beam > 64) {
         nn_set_error("--eval-beam must be in 1..64, got %ld", beam);
         return NN_ERR_CONFIG;
@@ -796,6 +825,7 @@ static void run_free(run *r) {
     free(r->perm);
     free(r->slots);
     free(r->acc);
+    comm_buckets_free(&r->buckets);
     free(r->hyp);
     free(r->hyp_txt);
     free(r->ref_txt);
@@ -912,6 +942,13 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
         r->hyp_txt = malloc(r->txt_cap);
         r->ref_txt = malloc(r->txt_cap);
         if (!r->hyp || !r->hyp_txt || !r->ref_txt) return NN_ERR_NOMEM;
+    }
+    r->use_buckets = r->c->size > 1 && !r->deterministic && r->bucket_mb > 0;
+    if (r->use_buckets &&
+        comm_buckets_init(&r->buckets, r->c, r->model.params.grad, r->model.params.total,
+                          (size_t)(r->bucket_mb * 1048576.0)) < 0) {
+        nn_set_error("out of memory for gradient buckets");
+        return NN_ERR_NOMEM;
     }
     if (r->deterministic) {
         r->acc = calloc(r->model.params.total ? r->model.params.total : 1, sizeof *r->acc);
