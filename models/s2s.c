@@ -831,7 +831,7 @@ static void s2s_log_softmax_(float *x, int R, int V) {
         float mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = l[v] > mx ? l[v] : mx;
         double s = 0.0;
-        for (int v = 0; v < V; v++) s += nn_exp_(l[v] - mx); /* exp(-inf) clamps to ~1e-38 */
+        for (int v = 0; v < V; v++) s += nn_exp_(l[v] - mx); /* nn_exp_(-inf) = 0 */
         float lse = mx + (float)log(s);
         for (int v = 0; v < V; v++) l[v] -= lse;
     }
