@@ -39,14 +39,15 @@ int nn_s2s_beam_search(nn_model *m, const nn_batch *b, int beam, float len_alpha
  *   ctx_r = sum_j a_j h[src, j].
  * q (R,A) is the projected query W_s s + b_s, kh (Bs,T,A) the projected keys W_h h_j
  * (one GEMM for all j, done by the caller), h (Bs,T,Hv) the values, v (A), len (Bs).
- * Outputs a (R,T) and ctx (R,Hv). A row with len 0 gets a = 0 and ctx = 0. Cannot fail. */
+ * Outputs a (R,T) and ctx (R,Hv). A row with len 0 gets a = 0 and ctx = 0. scratch holds
+ * A floats. Cannot fail. */
 void nn_attn_forward(float *ctx, float *a, const float *q, const float *kh, const float *h,
                      const float *v, const int32_t *len, const int32_t *src, int R, int T, int A,
-                     int Hv);
+                     int Hv, float *scratch);
 /* Backward of nn_attn_forward given dctx (R,Hv): ACCUMULATES dq (R,A), dkh (Bs,T,A),
  * dh (Bs,T,Hv) and dv (A); each of the four may be NULL.
- * a is the forward output; tanh(q + kh) is recomputed rather than cached. scratch holds T
- * floats. Cannot fail. */
+ * a is the forward output; tanh(q + kh) is recomputed rather than cached. scratch holds
+ * T + 2 A floats. Cannot fail. */
 void nn_attn_backward(float *dq, float *dkh, float *dh, float *dv, const float *dctx,
                       const float *a, const float *q, const float *kh, const float *h,
                       const float *v, const int32_t *len, const int32_t *src, int R, int T,

@@ -65,9 +65,30 @@ static void s2s_bias_rows_(float *y, const float *b1, const float *b2, int R, in
 
 /* ---- attention ------------------------------------------------------------------------ */
 
+/* Scratch-free helpers written as plain elementwise loops so that GCC vectorises them
+ * (nn_math.h asks for the dynamic cost model); the dot product keeps 8 partial sums. */
+static void s2s_tanh_sum_(float *restrict p, const float *restrict a, const float *restrict b,
+                          int n) {
+    for (int i = 0; i < n; i++) p[i] = nn_tanh_(a[i] + b[i]);
+}
+static float s2s_dot_(const float *restrict a, const float *restrict b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int l = 0; l < 8; l++) acc[l] += a[i + l] * b[i + l];
+    float s = 0.0f;
+    for (; i < n; i++) s += a[i] * b[i];
+    for (int l = 0; l < 8; l++) s += acc[l];
+    return s;
+}
+static void s2s_axpy_(float *restrict y, float a, const float *restrict x, int n) {
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 void nn_attn_forward(float *ctx, float *a, const float *q, const float *kh, const float *h,
                      const float *v, const int32_t *len, const int32_t *src, int R, int T, int A,
-                     int Hv) {
+                     int Hv, float *scratch) {
+    float *p = scratch; /* (A) tanh(q + kh_j) */
     for (int r = 0; r < R; r++) {
         int b = src ? src[r] : r;
         int L = len[b] < 0 ? 0 : (len[b] > T ? T : len[b]);
@@ -76,9 +97,8 @@ void nn_attn_forward(float *ctx, float *a, const float *q, const float *kh, cons
         float *cr = ctx + (size_t)r * Hv;
         float mx = -INFINITY;
         for (int j = 0; j < L; j++) {
-            const float *k = kh + ((size_t)b * T + j) * A;
-            float e = 0.0f;
-            for (int i = 0; i < A; i++) e += v[i] * nn_tanh_(qr[i] + k[i]);
+            s2s_tanh_sum_(p, qr, kh + ((size_t)b * T + j) * A, A);
+            float e = s2s_dot_(v, p, A);
             ar[j] = e;
             mx = e > mx ? e : mx;
         }
@@ -91,11 +111,7 @@ void nn_attn_forward(float *ctx, float *a, const float *q, const float *kh, cons
         for (int j = 0; j < L; j++) ar[j] *= inv;
         for (int j = L; j < T; j++) ar[j] = 0.0f;
         memset(cr, 0, (size_t)Hv * sizeof *cr);
-        for (int j = 0; j < L; j++) {
-            const float *hj = h + ((size_t)b * T + j) * Hv;
-            float aj = ar[j];
-            for (int i = 0; i < Hv; i++) cr[i] += aj * hj[i];
-        }
+        for (int j = 0; j < L; j++) s2s_axpy_(cr, ar[j], h + ((size_t)b * T + j) * Hv, Hv);
     }
 }
 
@@ -103,7 +119,9 @@ void nn_attn_backward(float *dq, float *dkh, float *dh, float *dv, const float *
                       const float *a, const float *q, const float *kh, const float *h,
                       const float *v, const int32_t *len, const int32_t *src, int R, int T,
                       int A, int Hv, float *scratch) {
-    float *da = scratch; /* (T) */
+    float *da = scratch;            /* (T) */
+    float *p = scratch + T;         /* (A) tanh(q + kh_j) */
+    float *g = scratch + T + A;     /* (A) gradient w.r.t. q + kh_j */
     for (int r = 0; r < R; r++) {
         int b = src ? src[r] : r;
         int L = len[b] < 0 ? 0 : (len[b] > T ? T : len[b]);
@@ -114,30 +132,19 @@ void nn_attn_backward(float *dq, float *dkh, float *dh, float *dv, const float *
         float dot = 0.0f;
         for (int j = 0; j < L; j++) {
             const float *hj = h + ((size_t)b * T + j) * Hv;
-            float d = 0.0f;
-            for (int i = 0; i < Hv; i++) d += gr[i] * hj[i];
-            da[j] = d;
-            dot += ar[j] * d;
-            if (dh) {
-                float *dhj = dh + ((size_t)b * T + j) * Hv;
-                float aj = ar[j];
-                for (int i = 0; i < Hv; i++) dhj[i] += aj * gr[i];
-            }
+            da[j] = s2s_dot_(gr, hj, Hv);
+            dot += ar[j] * da[j];
+            if (dh) s2s_axpy_(dh + ((size_t)b * T + j) * Hv, ar[j], gr, Hv);
         }
         /* softmax: de_j = a_j (da_j - sum_k a_k da_k); then e_j = v . tanh(q + kh_j) */
         for (int j = 0; j < L; j++) {
             float de = ar[j] * (da[j] - dot);
             if (de == 0.0f) continue;
-            const float *k = kh + ((size_t)b * T + j) * A;
-            float *dk = dkh ? dkh + ((size_t)b * T + j) * A : NULL;
-            float *dqr = dq ? dq + (size_t)r * A : NULL;
-            for (int i = 0; i < A; i++) {
-                float p = nn_tanh_(qr[i] + k[i]);
-                if (dv) dv[i] += de * p;
-                float g = de * v[i] * (1.0f - p * p);
-                if (dk) dk[i] += g;
-                if (dqr) dqr[i] += g;
-            }
+            s2s_tanh_sum_(p, qr, kh + ((size_t)b * T + j) * A, A);
+            if (dv) s2s_axpy_(dv, de, p, A);
+            for (int i = 0; i < A; i++) g[i] = de * v[i] * (1.0f - p[i] * p[i]);
+            if (dkh) s2s_axpy_(dkh + ((size_t)b * T + j) * A, 1.0f, g, A);
+            if (dq) s2s_axpy_(dq + (size_t)r * A, 1.0f, g, A);
         }
     }
 }
@@ -195,7 +202,7 @@ typedef struct s2s {
     float *dq;                         /* (B,A) */
     float *dctx;                       /* (B,Hout) */
     float *dg, *dg2, *tmp;             /* (B,GH) */
-    float *ascr;                       /* (T) attention backward scratch */
+    float *ascr;                       /* (T + 2A) attention scratch */
     s2s_dec dec;
 } s2s;
 
@@ -267,7 +274,7 @@ static void s2s_carve_train_(s2s *w, s2s_arena *a) {
     w->dg = S2S_F(a, B * w->GH);
     w->dg2 = S2S_F(a, B * w->GH);
     w->tmp = S2S_F(a, B * w->GH);
-    w->ascr = S2S_F(a, T);
+    w->ascr = S2S_F(a, T + 2 * (size_t)w->A);
 }
 
 static int s2s_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
@@ -527,7 +534,8 @@ static void s2s_step_(s2s *w, float *q, float *att, float *ctx, float *xin, floa
     if (w->attn) {
         s2s_bias_rows_(q, w->bs, NULL, R, w->A);
         s2s_mm_xwt_(q, sp, w->Ws, R, w->A, H, 1.0f);
-        nn_attn_forward(ctx, att, q, w->kh, w->henc, w->va, w->xl, src, R, T, w->A, Ho);
+        nn_attn_forward(ctx, att, q, w->kh, w->henc, w->va, w->xl, src, R, T, w->A, Ho,
+                        w->ascr);
     }
     for (int r = 0; r < R; r++) {
         memcpy(xin + (size_t)r * In, emb + (size_t)r * D, (size_t)D * sizeof(float));
@@ -823,7 +831,7 @@ static void s2s_log_softmax_(float *x, int R, int V) {
         float mx = -INFINITY;
         for (int v = 0; v < V; v++) mx = l[v] > mx ? l[v] : mx;
         double s = 0.0;
-        for (int v = 0; v < V; v++) s += nn_exp_(l[v] - mx); /* exp(-inf) clamps to ~1e-38 */
+        for (int v = 0; v < V; v++) s += nn_exp_(l[v] - mx); /* nn_exp_(-inf) = 0 */
         float lse = mx + (float)log(s);
         for (int v = 0; v < V; v++) l[v] -= lse;
     }

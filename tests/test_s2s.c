@@ -16,14 +16,15 @@ enum { AR = 3, ABS = 2, AT = 4, AA = 5, AHV = 3 };
 typedef struct attn_ctx {
     float q[AR * AA], kh[ABS * AT * AA], h[ABS * AT * AHV], v[AA], G[AR * AHV];
     float dq[AR * AA], dkh[ABS * AT * AA], dh[ABS * AT * AHV], dv[AA];
-    float a[AR * AT], ctx[AR * AHV], scr[AT];
+    float a[AR * AT], ctx[AR * AHV], scr[AT + 2 * AA];
     int32_t len[ABS], src[AR];
 } attn_ctx;
 
 /* loss = sum_r,i G[r,i] ctx[r,i] */
 static double attn_loss(void *p) {
     attn_ctx *c = p;
-    nn_attn_forward(c->ctx, c->a, c->q, c->kh, c->h, c->v, c->len, c->src, AR, AT, AA, AHV);
+    nn_attn_forward(c->ctx, c->a, c->q, c->kh, c->h, c->v, c->len, c->src, AR, AT, AA, AHV,
+                    c->scr);
     double s = 0;
     for (int i = 0; i < AR * AHV; i++) s += (double)c->G[i] * c->ctx[i];
     return s;
@@ -74,9 +75,9 @@ END_TEST
 
 START_TEST(test_attention_with_empty_source_gives_zero_context) {
     float q[2] = {1, 2}, kh[2] = {0.5f, -1}, h[3] = {1, 2, 3}, v[2] = {1, 1}, a[1] = {7},
-          ctx[3] = {7, 7, 7};
+          ctx[3] = {7, 7, 7}, scr[2];
     int32_t len[1] = {0};
-    nn_attn_forward(ctx, a, q, kh, h, v, len, NULL, 1, 1, 2, 3);
+    nn_attn_forward(ctx, a, q, kh, h, v, len, NULL, 1, 1, 2, 3, scr);
     ck_assert_float_eq(a[0], 0.0f);
     for (int i = 0; i < 3; i++) ck_assert_float_eq(ctx[i], 0.0f);
 }
