@@ -64,5 +64,6 @@ int main(int argc, char **argv) {
                                        : trainer_eval_cmd(&c, argc - 2, argv + 2);
     if (rc < 0 && c.rank == 0) fprintf(stderr, "lockstep: error: %s\n", nn_error());
     comm_free(&c);
+    if (rc == TRAINER_EXIT_PREEMPTED) return TRAINER_EXIT_PREEMPTED;
     return rc < 0 ? 1 : 0;
 }

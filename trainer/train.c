@@ -20,6 +20,26 @@
 #include "trainer/bleu.h"
 #include "trainer/trainer.h"
 
+/* ---- preemption ------------------------------------------------------------------------ */
+
+/* SIGUSR1 (SLURM's --signal=B:USR1@N, forwarded by mpirun) and SIGTERM ask for a clean
+ * stop. The handler only sets a flag; after every step all ranks agree on it with one
+ * tiny collective, so every rank stops after the same step and the coordinator writes a
+ * checkpoint before the job exits with status 99 (SLURM's RequeueExit). */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+static void install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 /* ---- the run ------------------------------------------------------------------------- */
 
 typedef struct run {
@@ -1000,7 +1020,8 @@ int trainer_train(const comm *c, int argc, char **argv) {
         }
     }
     nn_stats win = {0};
-    int stop = 0, preempted = 0;
+    int stop = 0, preempted = 0, signalled = 0;
+    install_signal_handlers();
     int64_t last_saved = -1;
     while (r.ts.step < r.total_steps && !stop) {
         nn_stats st;
@@ -1047,6 +1068,15 @@ int trainer_train(const comm *c, int argc, char **argv) {
         }
         if (r.stop_after > 0 && r.ts.step - first >= r.stop_after && r.ts.step < r.total_steps)
             stop = preempted = 1;
+        int sig = comm_any(r.c, stop_signal != 0);
+        if (sig && r.ts.step < r.total_steps) {
+            stop = preempted = signalled = 1;
+            if (r.c->rank == 0)
+                printf("%slockstep: stop requested by a signal; checkpointing step %lld and "
+                       "exiting with status %d (resume with --resume auto)\n",
+                       trainer_stdout_is_terminal() ? "\n" : "", (long long)r.ts.step,
+                       TRAINER_EXIT_PREEMPTED);
+        }
         int due_ckpt = (r.ckpt_every > 0 && r.ts.step % r.ckpt_every == 0) ||
                        r.ts.step == r.total_steps || stop || improved;
         if (due_ckpt) {
@@ -1069,6 +1099,7 @@ int trainer_train(const comm *c, int argc, char **argv) {
                seen / (trainer_now() - t_start + 1e-9));
     }
     run_free(&r);
+    if (rc == NN_OK && signalled) return TRAINER_EXIT_PREEMPTED;
     return rc;
 }
 

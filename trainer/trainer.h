@@ -111,6 +111,9 @@ int trainer_batch_fill(trainer_batch *tb, const trainer_data *d, const trainer_s
 double trainer_example_count(const trainer_data *d, const trainer_split *s, int64_t e);
 
 /* ---- the training run (trainer/train.c) --------------------------------------------- */
+/* Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint; a SLURM
+ * cluster with RequeueExit=99 requeues the job, which then resumes with --resume auto. */
+#define TRAINER_EXIT_PREEMPTED 99
 int trainer_train(const comm *c, int argc, char **argv);
 int trainer_eval_cmd(const comm *c, int argc, char **argv);
 int trainer_info_cmd(int argc, char **argv);
