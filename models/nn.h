@@ -211,6 +211,9 @@ typedef struct nn_dims {
     int max_len_tgt;  /* longest target sequence */
     int max_batch;    /* most examples in one micro-batch on one rank */
     int features;     /* dense input width (autoencoders), else 0 */
+    int image_c, image_h, image_w; /* dense inputs that are images (C,H,W), else 0 */
+    const int64_t *vocab_counts; /* (vocab) training-set frequency of each source id
+                                    (specials 0), or NULL: unigram tables, subsampling */
 } nn_dims;
 
 /* One micro-batch on one rank. Unused fields are 0/NULL. */

@@ -317,6 +317,7 @@ int trainer_data_init(trainer_data *d, const comm *c, const nn_config *cfg,
         return NN_ERR_DATA;
     }
     d->dims.vocab = d->src.n;
+    d->dims.vocab_counts = d->src.count;
     d->dims.vocab_tgt = d->tgt.n;
     d->dims.classes = d->labels.n;
     d->dims.max_batch = micro_batch;

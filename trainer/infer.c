@@ -61,6 +61,7 @@ int trainer_load_checkpoint(trainer_loaded *L, const char *path, int max_batch, 
     L->tgt = strcmp(kind, "parallel") == 0 ? &L->vocab[1] : &L->vocab[0];
     nn_dims d = {0};
     d.vocab = L->vocab[0].n;
+    d.vocab_counts = L->vocab[0].count;
     if (strcmp(kind, "parallel") == 0) d.vocab_tgt = L->vocab[1].n;
     if (strcmp(kind, "classify") == 0) d.classes = L->vocab[1].n;
     long ml = max_len, seq = 64;
