@@ -136,6 +136,17 @@ int comm_fixed_allreduce(const comm *c, int64_t *acc, size_t n, int bad);
  * rounding. out (n), acc (n). Not collective. */
 void comm_fixed_to_float(float *out, const int64_t *acc, size_t n, double scale);
 
+/* ---- sharded optimizer state (ZeRO-1, comm_zero.c) -----------------------------------
+ * Rank r owns [lo, hi) = comm_slice(n, r, size) of an n-float buffer. All collective. */
+/* slice (hi-lo) := sum over ranks of send[lo..hi). send (n) is not modified. */
+void comm_reduce_scatter_f32(const comm *c, const float *send, float *slice, size_t n);
+/* buf[0..n): every rank's owned slice is copied to every rank, in place. */
+void comm_allgather_f32(const comm *c, float *buf, size_t n);
+/* full (n, root only; may be NULL elsewhere) := every rank's slice (hi-lo floats). */
+void comm_gather_f32(const comm *c, const float *slice, float *full, size_t n, int root);
+/* slice (hi-lo) := full[lo..hi) from root (full may be NULL on other ranks). */
+void comm_scatter_f32(const comm *c, const float *full, float *slice, size_t n, int root);
+
 /* ---- test hooks (not for the trainer) ---------------------------------------------- */
 /* Largest element count per MPI call in the blocking collectives above; 0 restores the
  * default 2^30. Lets tests cover chunk boundaries with small buffers. Not thread-safe. */
