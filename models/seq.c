@@ -289,6 +289,85 @@ void nn_rnn_reset_carry(nn_rnn *r) {
     if (r->carry_c) memset(r->carry_c, 0, n * sizeof(float));
 }
 
+
+/* ---- gate nonlinearities, NN_VW lanes at a time ----------------------------------- */
+/* The same formulas as nn_sigmoid_ / nn_tanh_ (nn_math.h) on vectors: GCC does not
+ * vectorise the scalar ones (their exp builds 2^n through a union). Each row function
+ * runs the vector loop, then the scalar tail for H % NN_VW. */
+static inline nn_vf vsig_(nn_vf x) { return 1.0f / (1.0f + nn_vexp_(-x)); }
+static inline nn_vf vtanh_(nn_vf u) {
+    nn_vi neg = u < 0.0f;
+    nn_vf a = nn_vsel_(neg, -u, u);
+    nn_vf e = nn_vexp_(-2.0f * a);
+    nn_vf t = (1.0f - e) / (1.0f + e);
+    return nn_vsel_(neg, -t, t);
+}
+
+/* LSTM step for one row: g (4H) pre-activations in, activated gates out; c = f*cp + i*g,
+ * tc = tanh(c), h = o*tc. */
+static void lstm_row(float *g, float *cn, float *tc, float *h, const float *cp, int H) {
+    float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H;
+    int j = 0;
+    for (; j + NN_VW <= H; j += NN_VW) {
+        nn_vf ii = vsig_(nn_vload_(gi + j)), ff = vsig_(nn_vload_(gf + j));
+        nn_vf gv = vtanh_(nn_vload_(gg + j)), oo = vsig_(nn_vload_(go + j));
+        nn_vf c = ff * nn_vload_(cp + j) + ii * gv;
+        nn_vf th = vtanh_(c);
+        nn_vstore_(gi + j, ii);
+        nn_vstore_(gf + j, ff);
+        nn_vstore_(gg + j, gv);
+        nn_vstore_(go + j, oo);
+        nn_vstore_(cn + j, c);
+        nn_vstore_(tc + j, th);
+        nn_vstore_(h + j, oo * th);
+    }
+    for (; j < H; j++) {
+        float ii = nn_sigmoid_(gi[j]), ff = nn_sigmoid_(gf[j]);
+        float gv = nn_tanh_(gg[j]), oo = nn_sigmoid_(go[j]);
+        float c = ff * cp[j] + ii * gv;
+        float th = nn_tanh_(c);
+        gi[j] = ii; gf[j] = ff; gg[j] = gv; go[j] = oo;
+        cn[j] = c;
+        tc[j] = th;
+        h[j] = oo * th;
+    }
+}
+
+/* GRU step for one row: g (3H) input projections in, r, z, n out; hp (3H) recurrent
+ * projections (with b_hh); hpn := hp's n block; h = (1-z) n + z hprev. */
+static void gru_row(float *g, float *hpn, float *h, const float *hp, const float *hprev, int H) {
+    float *gr = g, *gz = g + H, *gn = g + 2 * H;
+    int j = 0;
+    for (; j + NN_VW <= H; j += NN_VW) {
+        nn_vf rr = vsig_(nn_vload_(gr + j) + nn_vload_(hp + j));
+        nn_vf zz = vsig_(nn_vload_(gz + j) + nn_vload_(hp + H + j));
+        nn_vf hn = nn_vload_(hp + 2 * H + j);
+        nn_vf nv = vtanh_(nn_vload_(gn + j) + rr * hn);
+        nn_vstore_(gr + j, rr);
+        nn_vstore_(gz + j, zz);
+        nn_vstore_(gn + j, nv);
+        nn_vstore_(hpn + j, hn);
+        nn_vstore_(h + j, (1.0f - zz) * nv + zz * nn_vload_(hprev + j));
+    }
+    for (; j < H; j++) {
+        float rr = nn_sigmoid_(gr[j] + hp[j]), zz = nn_sigmoid_(gz[j] + hp[H + j]);
+        float nv = nn_tanh_(gn[j] + rr * hp[2 * H + j]);
+        gr[j] = rr; gz[j] = zz; gn[j] = nv;
+        hpn[j] = hp[2 * H + j];
+        h[j] = (1.0f - zz) * nv + zz * hprev[j];
+    }
+}
+
+static void tanh_row(float *g, float *h, int H) {
+    int j = 0;
+    for (; j + NN_VW <= H; j += NN_VW) {
+        nn_vf v = vtanh_(nn_vload_(g + j));
+        nn_vstore_(g + j, v);
+        nn_vstore_(h + j, v);
+    }
+    for (; j < H; j++) h[j] = g[j] = nn_tanh_(g[j]);
+}
+
 /* ---- recurrent stacks: forward ------------------------------------------------------- */
 
 static size_t lane_of(int64_t index, int lanes) {
@@ -335,39 +414,13 @@ static void dir_forward(const nn_rnn *r, nn_rnn_dir *D, const float *xin, int In
                 if (D->aux) memset(D->aux + t * BH + (size_t)b * H, 0, H * sizeof(float));
                 continue;
             }
-            if (r->cell == NN_CELL_LSTM) {
-                const float *cp = D->cell + sp * BH + (size_t)b * H;
-                float *cn = D->cell + sn * BH + (size_t)b * H;
-                float *tc = D->aux + t * BH + (size_t)b * H;
-                float *gi = gb, *gf = gb + H, *gg = gb + 2 * H, *go = gb + 3 * H;
-                for (int j = 0; j < H; j++) {
-                    float ii = nn_sigmoid_(gi[j]), ff = nn_sigmoid_(gf[j]);
-                    float gv = nn_tanh_(gg[j]), oo = nn_sigmoid_(go[j]);
-                    float c = ff * cp[j] + ii * gv;
-                    float th = nn_tanh_(c);
-                    gi[j] = ii; gf[j] = ff; gg[j] = gv; go[j] = oo;
-                    cn[j] = c;
-                    tc[j] = th;
-                    hn_b[j] = oo * th;
-                }
-            } else if (r->cell == NN_CELL_GRU) {
-                const float *hpb = hp + (size_t)b * GH;
-                float *hpn = D->aux + t * BH + (size_t)b * H;
-                float *gr = gb, *gz = gb + H, *gn = gb + 2 * H;
-                for (int j = 0; j < H; j++) {
-                    float rr = nn_sigmoid_(gr[j] + hpb[j]), zz = nn_sigmoid_(gz[j] + hpb[H + j]);
-                    float nv = nn_tanh_(gn[j] + rr * hpb[2 * H + j]);
-                    gr[j] = rr; gz[j] = zz; gn[j] = nv;
-                    hpn[j] = hpb[2 * H + j];
-                    hn_b[j] = (1.0f - zz) * nv + zz * hp_b[j];
-                }
-            } else {
-                for (int j = 0; j < H; j++) {
-                    float h = nn_tanh_(gb[j]);
-                    gb[j] = h;
-                    hn_b[j] = h;
-                }
-            }
+            if (r->cell == NN_CELL_LSTM)
+                lstm_row(gb, D->cell + sn * BH + (size_t)b * H, D->aux + t * BH + (size_t)b * H,
+                         hn_b, D->cell + sp * BH + (size_t)b * H, H);
+            else if (r->cell == NN_CELL_GRU)
+                gru_row(gb, D->aux + t * BH + (size_t)b * H, hn_b, hp + (size_t)b * GH, hp_b, H);
+            else
+                tanh_row(gb, hn_b, H);
         }
     }
 }
@@ -453,6 +506,84 @@ void nn_rnn_forward(nn_rnn *r, float *y, float *last, const float *x, const int3
         }
 }
 
+
+/* ---- gate gradients, NN_VW lanes at a time ------------------------------------------- */
+
+/* LSTM backward for one row: g (4H) activated gates in, pre-activation gradients out;
+ * dh (H) total gradient of h in, zeroed (the recurrent product adds to it next); dc (H)
+ * carried cell gradient in, gradient of the previous cell out. */
+static void lstm_row_back(float *g, float *dh, float *dc, const float *tc, const float *cp,
+                          int H) {
+    float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H;
+    int j = 0;
+    for (; j + NN_VW <= H; j += NN_VW) {
+        nn_vf d = nn_vload_(dh + j), ii = nn_vload_(gi + j), ff = nn_vload_(gf + j);
+        nn_vf gv = nn_vload_(gg + j), oo = nn_vload_(go + j), th = nn_vload_(tc + j);
+        nn_vf dct = nn_vload_(dc + j) + d * oo * (1.0f - th * th);
+        nn_vstore_(go + j, d * th * oo * (1.0f - oo));
+        nn_vstore_(gi + j, dct * gv * ii * (1.0f - ii));
+        nn_vstore_(gf + j, dct * nn_vload_(cp + j) * ff * (1.0f - ff));
+        nn_vstore_(gg + j, dct * ii * (1.0f - gv * gv));
+        nn_vstore_(dc + j, dct * ff);
+        nn_vstore_(dh + j, nn_vsplat_(0.0f));
+    }
+    for (; j < H; j++) {
+        float d = dh[j], ii = gi[j], ff = gf[j], gv = gg[j], oo = go[j], th = tc[j];
+        float dct = dc[j] + d * oo * (1.0f - th * th);
+        go[j] = d * th * oo * (1.0f - oo);
+        gi[j] = dct * gv * ii * (1.0f - ii);
+        gf[j] = dct * cp[j] * ff * (1.0f - ff);
+        gg[j] = dct * ii * (1.0f - gv * gv);
+        dc[j] = dct * ff;
+        dh[j] = 0.0f;
+    }
+}
+
+/* GRU backward for one row: g (3H) r, z, n in, gradients w.r.t. the input projections
+ * out; gh (3H) gradients w.r.t. the recurrent projections out; dh (H) in, the direct part
+ * of the previous state's gradient (dh z) out. */
+static void gru_row_back(float *g, float *gh, float *dh, const float *hpn, const float *hprev,
+                         int H) {
+    float *gr = g, *gz = g + H, *gn = g + 2 * H;
+    int j = 0;
+    for (; j + NN_VW <= H; j += NN_VW) {
+        nn_vf d = nn_vload_(dh + j), rr = nn_vload_(gr + j), zz = nn_vload_(gz + j);
+        nn_vf nv = nn_vload_(gn + j);
+        nn_vf dN = d * (1.0f - zz) * (1.0f - nv * nv);
+        nn_vf dZ = d * (nn_vload_(hprev + j) - nv) * zz * (1.0f - zz);
+        nn_vf dR = dN * nn_vload_(hpn + j) * rr * (1.0f - rr);
+        nn_vstore_(gr + j, dR);
+        nn_vstore_(gz + j, dZ);
+        nn_vstore_(gn + j, dN);
+        nn_vstore_(gh + j, dR);
+        nn_vstore_(gh + H + j, dZ);
+        nn_vstore_(gh + 2 * H + j, dN * rr);
+        nn_vstore_(dh + j, d * zz);
+    }
+    for (; j < H; j++) {
+        float d = dh[j], rr = gr[j], zz = gz[j], nv = gn[j];
+        float dN = d * (1.0f - zz) * (1.0f - nv * nv);
+        float dZ = d * (hprev[j] - nv) * zz * (1.0f - zz);
+        float dR = dN * hpn[j] * rr * (1.0f - rr);
+        gr[j] = dR; gz[j] = dZ; gn[j] = dN;
+        gh[j] = dR; gh[H + j] = dZ; gh[2 * H + j] = dN * rr;
+        dh[j] = d * zz;
+    }
+}
+
+static void tanh_row_back(float *g, float *dh, int H) {
+    int j = 0;
+    for (; j + NN_VW <= H; j += NN_VW) {
+        nn_vf h = nn_vload_(g + j);
+        nn_vstore_(g + j, nn_vload_(dh + j) * (1.0f - h * h));
+        nn_vstore_(dh + j, nn_vsplat_(0.0f));
+    }
+    for (; j < H; j++) {
+        g[j] = dh[j] * (1.0f - g[j] * g[j]);
+        dh[j] = 0.0f;
+    }
+}
+
 /* ---- recurrent stacks: backward ----------------------------------------------------- */
 
 /* One direction. dY (T,B,ldy) gradient of this direction's outputs (NULL: none); dlast
@@ -480,48 +611,22 @@ static void dir_backward(nn_rnn *r, nn_rnn_dir *D, const float *xin, float *dxin
                 if (gh) memset(gh + (size_t)b * GH, 0, GH * sizeof *gh);
                 continue;
             }
-            const float *dy = dY ? dY + ((size_t)t * B + b) * ldy : NULL;
-            const float *dl = (dlast && t == (rev ? 0 : r->len[b] - 1)) ? dlast + (size_t)b * ldl
-                                                                         : NULL;
-            if (r->cell == NN_CELL_LSTM) {
-                const float *cp = D->cell + sp * BH + (size_t)b * H;
-                const float *tc = D->aux + t * BH + (size_t)b * H;
-                float *dcb = dc + (size_t)b * H;
-                float *gi = gb, *gf = gb + H, *gg = gb + 2 * H, *go = gb + 3 * H;
-                for (int j = 0; j < H; j++) {
-                    float d = dhb[j] + (dy ? dy[j] : 0.0f) + (dl ? dl[j] : 0.0f);
-                    float ii = gi[j], ff = gf[j], gv = gg[j], oo = go[j], th = tc[j];
-                    float dct = dcb[j] + d * oo * (1.0f - th * th);
-                    go[j] = d * th * oo * (1.0f - oo);
-                    gi[j] = dct * gv * ii * (1.0f - ii);
-                    gf[j] = dct * cp[j] * ff * (1.0f - ff);
-                    gg[j] = dct * ii * (1.0f - gv * gv);
-                    dcb[j] = dct * ff;
-                    dhb[j] = 0.0f;
-                }
-            } else if (r->cell == NN_CELL_GRU) {
-                const float *hpn = D->aux + t * BH + (size_t)b * H;
-                const float *hpb = hprev + (size_t)b * H;
-                float *ghb = gh + (size_t)b * GH;
-                float *gr = gb, *gz = gb + H, *gn = gb + 2 * H;
-                for (int j = 0; j < H; j++) {
-                    float d = dhb[j] + (dy ? dy[j] : 0.0f) + (dl ? dl[j] : 0.0f);
-                    float rr = gr[j], zz = gz[j], nv = gn[j];
-                    float dN = d * (1.0f - zz) * (1.0f - nv * nv);
-                    float dZ = d * (hpb[j] - nv) * zz * (1.0f - zz);
-                    float dR = dN * hpn[j] * rr * (1.0f - rr);
-                    gr[j] = dR; gz[j] = dZ; gn[j] = dN;
-                    ghb[j] = dR; ghb[H + j] = dZ; ghb[2 * H + j] = dN * rr;
-                    dhb[j] = d * zz;
-                }
-            } else {
-                for (int j = 0; j < H; j++) {
-                    float d = dhb[j] + (dy ? dy[j] : 0.0f) + (dl ? dl[j] : 0.0f);
-                    float h = gb[j];
-                    gb[j] = d * (1.0f - h * h);
-                    dhb[j] = 0.0f;
-                }
+            if (dY) { /* fold the output gradient into the carried one */
+                const float *dy = dY + ((size_t)t * B + b) * ldy;
+                for (int j = 0; j < H; j++) dhb[j] += dy[j];
             }
+            if (dlast && t == (rev ? 0 : r->len[b] - 1)) {
+                const float *dl = dlast + (size_t)b * ldl;
+                for (int j = 0; j < H; j++) dhb[j] += dl[j];
+            }
+            if (r->cell == NN_CELL_LSTM)
+                lstm_row_back(gb, dhb, dc + (size_t)b * H, D->aux + t * BH + (size_t)b * H,
+                              D->cell + sp * BH + (size_t)b * H, H);
+            else if (r->cell == NN_CELL_GRU)
+                gru_row_back(gb, gh + (size_t)b * GH, dhb, D->aux + t * BH + (size_t)b * H,
+                             hprev + (size_t)b * H, H);
+            else
+                tanh_row_back(gb, dhb, H);
         }
         /* dh_prev += dG W_hh, all gates at once. */
         nn_gemm(0, 0, B, H, GH, 1.0f, gh ? gh : gt, GH, D->w_hh, H, 1.0f, dh, H);

@@ -39,7 +39,7 @@ static double check_params(double (*f)(void *), void *ctx, nn_params *ps, float 
         nn_param *p = &ps->p[i];
         double e = nn_gradcheck(f, ctx, ps->data + p->offset, ps->grad + p->offset, p->size, h,
                                 per);
-        if (e > 1e-2) fprintf(stderr, "  %s: gradcheck error %g\n", p->name, e);
+        if (e > 2e-2) fprintf(stderr, "  %s: gradcheck error %g\n", p->name, e);
         if (!(e <= worst)) worst = e;
     }
     return worst;
@@ -228,7 +228,8 @@ static void rnn_setup(rnn_ctx *c, const rnn_case *k, uint64_t seed) {
     NN_ASSERT(nn_params_alloc(&c->ps, seed) == NN_OK);
     /* Larger weights than the default init so that gates saturate somewhat and the
      * recurrence matters. */
-    fill(c->ps.data, c->ps.total, seed + 1, 0.8f);
+    float ws = 1.4f / sqrtf((float)k->H); /* 0.8 at H = 3; keeps wide layers unsaturated */
+    fill(c->ps.data, c->ps.total, seed + 1, ws < 0.8f ? ws : 0.8f);
     size_t nx = (size_t)k->B * k->T * k->C, ny = (size_t)k->B * k->T * c->r.Hout;
     c->x = zalloc(nx); c->dx = zalloc(nx);
     c->y = zalloc(ny); c->Ry = zalloc(ny);
@@ -253,11 +254,11 @@ static void rnn_grads(rnn_ctx *c) {
 
 static const char *cell_name[3] = {"rnn", "lstm", "gru"};
 
-static void rnn_check(const rnn_case *k) {
+static void rnn_check_h(const rnn_case *k, float h) {
     rnn_ctx c;
     rnn_setup(&c, k, 11 + k->cell);
     rnn_grads(&c);
-    double ep = check_params(rnn_loss, &c, &c.ps, 1e-2f, 12);
+    double ep = check_params(rnn_loss, &c, &c.ps, h, 12);
     double ex = nn_gradcheck(rnn_loss, &c, c.x, c.dx, (size_t)k->B * k->T * k->C, 1e-2f, 60);
     /* float32 forward: central differences carry ~1e-4 absolute noise at h = 1e-2, so
      * small entries of deep stacks reach ~2e-2 relative error; real bugs give O(1). */
@@ -266,6 +267,8 @@ static void rnn_check(const rnn_case *k) {
                   k->layers, k->bidir, k->merge, ep, ex);
     rnn_teardown(&c);
 }
+
+static void rnn_check(const rnn_case *k) { rnn_check_h(k, 1e-2f); }
 
 static rnn_case base_case(int cell) {
     rnn_case k = {0};
@@ -292,6 +295,15 @@ START_TEST(test_rnn_bidirectional_concat_gradients_with_padding) {
     rnn_case k = base_case(_i);
     k.layers = 2; k.bidir = 1; k.merge = NN_MERGE_CONCAT;
     k.len[0] = 2; k.len[1] = 5; k.len[2] = 4;
+    rnn_check(&k);
+}
+END_TEST
+
+/* H = 17 runs the vectorised gate code (16 lanes with AVX-512, 8 with AVX) and its tail. */
+START_TEST(test_rnn_wide_hidden_gradients) {
+    rnn_case k = base_case(_i);
+    k.H = 17; k.bidir = 1; k.merge = NN_MERGE_CONCAT;
+    k.len[0] = 5; k.len[1] = 2; k.len[2] = 4;
     rnn_check(&k);
 }
 END_TEST
@@ -560,18 +572,18 @@ END_TEST
 
 START_TEST(test_rnn_classifier_gradients) {
     const char *uni[] = {"cell", "gru", "dim", "4", "hidden", "3", "layers", "2", NULL};
-    model_check("rnn-classifier", uni, 0, 1e-2f, 3e-2);
+    model_check("rnn-classifier", uni, 0, 3e-2f, 3e-2);
     const char *bi[] = {"cell", "lstm", "dim", "4", "hidden", "3", "bidirectional", "1", NULL};
-    model_check("rnn-classifier", bi, 0, 1e-2f, 3e-2);
+    model_check("rnn-classifier", bi, 0, 3e-2f, 3e-2);
 }
 END_TEST
 
 START_TEST(test_rnn_lm_gradients) {
     const char *untied[] = {"cell", "lstm", "dim", "4", "hidden", "3", "layers", "2", NULL};
-    model_check("rnn-lm", untied, 1, 1e-2f, 3e-2);
+    model_check("rnn-lm", untied, 1, 3e-2f, 3e-2);
     const char *tied[] = {"cell", "rnn", "dim", "3", "hidden", "3", "layers", "1", "tie", "1",
                           NULL};
-    model_check("rnn-lm", tied, 1, 1e-2f, 3e-2);
+    model_check("rnn-lm", tied, 1, 3e-2f, 3e-2);
 }
 END_TEST
 
@@ -769,7 +781,7 @@ static int dump_rnn(const char *dir, FILE *man, const char *cas, int cell, int l
     rnn_case k = {0};
     k.cell = cell; k.layers = layers; k.bidir = bidir; k.merge = NN_MERGE_CONCAT;
     k.use_y = 1; k.use_last = 1;
-    k.B = 4; k.T = 7; k.C = 5; k.H = 6;
+    k.B = 4; k.T = 7; k.C = 5; k.H = padded ? 19 : 6; /* 19: vector lanes plus a tail */
     if (padded) { k.len[0] = 7; k.len[1] = 3; k.len[2] = 5; k.len[3] = 1; }
     rnn_ctx c;
     rnn_setup(&c, &k, 70 + cell);
@@ -839,6 +851,7 @@ static Suite *seq_suite(void) {
     tcase_add_loop_test(tc, test_rnn_stacked_gradients_with_padding, 0, 3);
     tcase_add_loop_test(tc, test_rnn_bidirectional_concat_gradients_with_padding, 0, 3);
     tcase_add_loop_test(tc, test_rnn_bidirectional_sum_gradients_last_state_only, 0, 3);
+    tcase_add_loop_test(tc, test_rnn_wide_hidden_gradients, 0, 3);
     tcase_add_loop_test(tc, test_rnn_truncated_bptt_equals_chunked_runs_with_carried_state, 0, 3);
     tcase_add_loop_test(tc, test_rnn_reverse_direction_truncation_mirrors_forward, 0, 3);
     tcase_add_loop_test(tc, test_rnn_outputs_ignore_padding, 0, 3);
