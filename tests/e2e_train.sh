@@ -52,6 +52,16 @@ train 2 "$TMP/other" --steps 40 --stop-after 20
 train 1 "$TMP/other" --steps 40 --resume auto
 check "resume 2 ranks -> 1 rank within 1e-5" "${CMP[@]}" "$TMP/full/ckpt_00000040.h5" "$TMP/other/ckpt_00000040.h5" --rtol 1e-5 --optim
 
+# 3b. sharded optimizer state (ZeRO-1): same result, and checkpoints move between modes
+train 2 "$TMP/z2" --steps 40 --zero 1
+check "zero-1 on 2 ranks = plain 2 ranks" "${CMP[@]}" "$TMP/full/ckpt_00000040.h5" "$TMP/z2/ckpt_00000040.h5" --rtol 1e-5 --optim
+train 4 "$TMP/zr" --steps 40 --zero 1 --stop-after 20
+train 1 "$TMP/zr" --steps 40 --resume auto --zero 0
+check "zero-1 on 4 ranks, resumed plain on 1 rank" "${CMP[@]}" "$TMP/full/ckpt_00000040.h5" "$TMP/zr/ckpt_00000040.h5" --rtol 1e-5 --optim
+train 2 "$TMP/pz" --steps 40 --stop-after 20
+train 3 "$TMP/pz" --steps 40 --resume auto --zero 1
+check "plain on 2 ranks, resumed zero-1 on 3 ranks" "${CMP[@]}" "$TMP/full/ckpt_00000040.h5" "$TMP/pz/ckpt_00000040.h5" --rtol 1e-5 --optim
+
 # 4. deterministic mode: the same bits on any rank count
 for np in 1 2 3 4; do train $np "$TMP/d$np" --steps 30 --deterministic --micro-batch 6; done
 for np in 2 3 4; do

@@ -36,6 +36,7 @@ const nn_key trainer_keys[] = {
     {"seed", "1", "seed of initialisation, shuffling, dropout and sampling"},
     {"threads", "0", "OpenBLAS threads per rank (0: cores / ranks on this node)"},
     {"deterministic", "0", "bit-identical results on any rank count (fixed-point reduction)"},
+    {"zero", "0", "0|1: 1 shards optimizer state over ranks (ZeRO stage 1)"},
     {"bucket-mb", "4", "gradient buckets of this many MiB reduced during backward (0: one allreduce after it)"},
     {"eval-every", "0", "evaluate every N steps (0: at the end of each epoch and run)"},
     {"eval-batches", "0", "validation batches per evaluation (0: the whole set)"},

@@ -11,7 +11,13 @@
 #include "trainer/trainer.h"
 
 int trainer_optim_init(trainer_optim *o, const nn_config *cfg, size_t n, int64_t total_steps) {
+    return trainer_optim_init_slice(o, cfg, n, 0, n, total_steps);
+}
+
+int trainer_optim_init_slice(trainer_optim *o, const nn_config *cfg, size_t n, size_t lo,
+                             size_t hi, int64_t total_steps) {
     memset(o, 0, sizeof *o);
+    NN_ASSERT(lo <= hi && hi <= n);
     const char *kind, *sched;
     double lr, b1, b2, eps, mom, wd, min_lr;
     long warmup;
@@ -56,9 +62,12 @@ int trainer_optim_init(trainer_optim *o, const nn_config *cfg, size_t n, int64_t
     o->total_steps = total_steps;
     o->min_lr = min_lr;
     o->n = n;
+    o->lo = lo;
+    o->hi = hi;
+    size_t k = hi - lo;
     int slots = o->kind == OPT_SGD ? 0 : o->kind == OPT_MOMENTUM ? 1 : 2;
-    if (slots >= 1 && !(o->m = calloc(n ? n : 1, sizeof *o->m))) goto nomem;
-    if (slots >= 2 && !(o->v = calloc(n ? n : 1, sizeof *o->v))) goto nomem;
+    if (slots >= 1 && !(o->m = calloc(k ? k : 1, sizeof *o->m))) goto nomem;
+    if (slots >= 2 && !(o->v = calloc(k ? k : 1, sizeof *o->v))) goto nomem;
     return NN_OK;
 nomem:
     trainer_optim_free(o);
@@ -107,11 +116,15 @@ void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr
     for (int t = 0; t < ps->n; t++) {
         const nn_param *p = &ps->p[t];
         if (p->frozen) continue;
-        float *w = ps->data + p->offset;
-        const float *g = ps->grad + p->offset;
-        const size_t n = p->size;
-        float *m = o->m ? o->m + p->offset : NULL;
-        float *v = o->v ? o->v + p->offset : NULL;
+        /* the part of this tensor inside the slice this optimizer owns */
+        size_t a = p->offset > o->lo ? p->offset : o->lo;
+        size_t b = p->offset + p->size < o->hi ? p->offset + p->size : o->hi;
+        if (a >= b) continue;
+        float *w = ps->data + a;
+        const float *g = ps->grad + a;
+        const size_t n = b - a;
+        float *m = o->m ? o->m + (a - o->lo) : NULL;
+        float *v = o->v ? o->v + (a - o->lo) : NULL;
         const float decay = p->decay ? (float)(lr * o->weight_decay) : 0.0f;
         switch (o->kind) {
         case OPT_SGD:
@@ -149,17 +162,23 @@ int trainer_optim_slots(const trainer_optim *o, const char **names, float **bufs
     return k;
 }
 
-double trainer_grad_norm(const nn_params *ps) {
+double trainer_grad_sumsq(const nn_params *ps, size_t lo, size_t hi) {
     double s = 0;
-    for (size_t i = 0; i < ps->total; i++) s += (double)ps->grad[i] * ps->grad[i];
-    return sqrt(s);
+    for (size_t i = lo; i < hi; i++) s += (double)ps->grad[i] * ps->grad[i];
+    return s;
+}
+
+double trainer_grad_norm(const nn_params *ps) { return sqrt(trainer_grad_sumsq(ps, 0, ps->total)); }
+
+void trainer_scale_grads(nn_params *ps, size_t lo, size_t hi, double norm, double max_norm) {
+    if (max_norm > 0 && norm > max_norm) {
+        float s = (float)(max_norm / (norm + 1e-6));
+        for (size_t i = lo; i < hi; i++) ps->grad[i] *= s;
+    }
 }
 
 double trainer_clip_grads(nn_params *ps, double max_norm) {
     double norm = trainer_grad_norm(ps);
-    if (max_norm > 0 && norm > max_norm) {
-        float s = (float)(max_norm / (norm + 1e-6));
-        for (size_t i = 0; i < ps->total; i++) ps->grad[i] *= s;
-    }
+    trainer_scale_grads(ps, 0, ps->total, norm, max_norm);
     return norm;
 }

@@ -71,6 +71,9 @@ typedef struct run {
     int order;              /* 0 shuffle, 1 sequential, 2 lanes */
     int64_t *slots;         /* (micro) example ids of the current micro-batch */
     int64_t *acc;           /* deterministic mode: fixed-point gradient sums */
+    int zero;               /* ZeRO-1: this rank updates and stores state for [zlo, zhi) */
+    size_t zlo, zhi;
+    float *zgrad;           /* (zhi - zlo) reduce-scatter target */
     comm_buckets buckets;   /* overlapped gradient reduction (bucket-mb > 0, P > 1) */
     int use_buckets;
     double bucket_mb;
@@ -149,8 +152,32 @@ static void metrics_append(run *r, const char *line) {
     r->metrics_len += len + 1;
 }
 
-/* Rank 0 only. Writes <out>/<name> atomically. */
-static int write_ckpt(run *r, const char *path) {
+/* Collective. The optimizer state as full-length buffers: the slots themselves, or with
+ * ZeRO-1 the slices gathered onto rank 0 (freshly allocated there; release with
+ * release_full_slots). Returns the slot count; bufs[i] is NULL on other ranks. */
+static int full_slots(run *r, const char **names, float **bufs) {
+    int ns = trainer_optim_slots(&r->opt, names, bufs);
+    if (!r->zero) return ns;
+    const size_t n = r->model.params.total;
+    for (int i = 0; i < ns; i++) {
+        float *slice = bufs[i];
+        float *full = NULL;
+        if (r->c->rank == 0 && !(full = malloc(n * sizeof *full)))
+            comm_abort(r->c, 1, "out of memory gathering optimizer state (%zu floats)", n);
+        comm_gather_f32(r->c, slice, full, n, 0);
+        bufs[i] = full;
+    }
+    return ns;
+}
+
+static void release_full_slots(run *r, float **bufs, int ns) {
+    if (!r->zero) return;
+    for (int i = 0; i < ns; i++) free(bufs[i]);
+}
+
+/* Rank 0 only. Writes <out>/<name> atomically; slots are full-length buffers. */
+static int write_ckpt(run *r, const char *path, const char *const *slot_names, float **slots,
+                      int ns) {
     nn_params *ps = &r->model.params;
     io_tensor *t = calloc((size_t)ps->n, sizeof *t);
     if (!t) {
@@ -163,9 +190,6 @@ static int write_ckpt(run *r, const char *path) {
         t[i].ndim = ps->p[i].ndim;
         for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
     }
-    const char *slot_names[2];
-    float *slots[2];
-    int ns = trainer_optim_slots(&r->opt, slot_names, slots);
     const char *vnames[3];
     io_vocab vocabs[3];
     int nv = 0;
@@ -211,18 +235,22 @@ static int write_ckpt(run *r, const char *path) {
  * outcome is agreed. */
 static int save(run *r, int best) {
     int rc = NN_OK;
+    const char *slot_names[2];
+    float *slots[2];
+    int ns = full_slots(r, slot_names, slots);
     if (r->c->rank == 0) {
         char path[4200];
         snprintf(path, sizeof path, "%s/ckpt_%08lld.h5", r->out, (long long)r->ts.step);
-        rc = write_ckpt(r, path);
+        rc = write_ckpt(r, path, slot_names, slots, ns);
         if (rc == NN_OK && best) {
             snprintf(path, sizeof path, "%s/best.h5", r->out);
-            rc = write_ckpt(r, path);
+            rc = write_ckpt(r, path, slot_names, slots, ns);
         }
         if (rc == NN_OK && io_ckpt_prune(r->out, (int)r->keep) < 0) {
             fprintf(stderr, "lockstep: warning: %s\n", io_error());
         }
     }
+    release_full_slots(r, slots, ns);
     int buf[1] = {rc};
     comm_bcast_bytes(r->c, buf, sizeof buf, 0);
     if (buf[0] < 0 && r->c->rank != 0) nn_set_error("checkpoint write failed on rank 0");
@@ -233,6 +261,17 @@ static int save(run *r, int best) {
 static int load(run *r, const char *path) {
     nn_params *ps = &r->model.params;
     int rc = NN_OK;
+    /* full-length slot buffers on rank 0 (with ZeRO-1 scattered after reading) */
+    const char *slot_names[2];
+    float *slots[2];
+    int ns = trainer_optim_slots(&r->opt, slot_names, slots);
+    float *owned[2] = {NULL, NULL};
+    if (r->zero && r->c->rank == 0)
+        for (int i = 0; i < ns; i++) {
+            if (!(owned[i] = calloc(ps->total, sizeof(float))))
+                comm_abort(r->c, 1, "out of memory reading optimizer state");
+            slots[i] = owned[i];
+        }
     if (r->c->rank == 0) {
         io_tensor *t = calloc((size_t)ps->n, sizeof *t);
         if (!t) return NN_ERR_NOMEM;
@@ -242,9 +281,6 @@ static int load(run *r, const char *path) {
             t[i].ndim = ps->p[i].ndim;
             for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
         }
-        const char *slot_names[2];
-        float *slots[2];
-        int ns = trainer_optim_slots(&r->opt, slot_names, slots);
         io_ckpt ck = {0};
         ck.model = r->ops->name;
         ck.n_tensors = ps->n;
@@ -275,11 +311,19 @@ static int load(run *r, const char *path) {
         if (r->c->rank == 0) snprintf(msg, sizeof msg, "%s", nn_error());
         comm_bcast_bytes(r->c, msg, sizeof msg, 0);
         if (r->c->rank != 0) nn_set_error("%s", msg);
+        for (int i = 0; i < 2; i++) free(owned[i]);
         return buf[0];
     }
     comm_bcast_params(r->c, ps->data, ps->total);
-    if (r->opt.m) comm_bcast_params(r->c, r->opt.m, ps->total);
-    if (r->opt.v) comm_bcast_params(r->c, r->opt.v, ps->total);
+    if (r->zero) {
+        float *mine[2];
+        trainer_optim_slots(&r->opt, slot_names, mine);
+        for (int i = 0; i < ns; i++) comm_scatter_f32(r->c, owned[i], mine[i], ps->total, 0);
+        for (int i = 0; i < 2; i++) free(owned[i]);
+    } else {
+        if (r->opt.m) comm_bcast_params(r->c, r->opt.m, ps->total);
+        if (r->opt.v) comm_bcast_params(r->c, r->opt.v, ps->total);
+    }
     comm_bcast_bytes(r->c, &r->ts, sizeof r->ts, 0);
     return NN_OK;
 }
@@ -427,11 +471,13 @@ static int eval_and_log(run *r, const trainer_split *s, const char *name, double
 
 /* ---- one training step ------------------------------------------------------------------ */
 
-static int find_nonfinite(const nn_params *ps) {
+/* First tensor with a non-finite gradient inside [lo, hi), or -1. */
+static int find_nonfinite(const nn_params *ps, size_t lo, size_t hi) {
     for (int t = 0; t < ps->n; t++) {
-        const float *g = ps->grad + ps->p[t].offset;
-        for (size_t i = 0; i < ps->p[t].size; i++)
-            if (!isfinite(g[i])) return t;
+        size_t a = ps->p[t].offset > lo ? ps->p[t].offset : lo;
+        size_t b = ps->p[t].offset + ps->p[t].size < hi ? ps->p[t].offset + ps->p[t].size : hi;
+        for (size_t i = a; i < b; i++)
+            if (!isfinite(ps->grad[i])) return t;
     }
     return -1;
 }
@@ -496,6 +542,9 @@ static int train_step(run *r, nn_stats *out) {
     }
     if (r->use_buckets) {
         /* reduced above */
+    } else if (r->zero) {
+        comm_reduce_scatter_f32(r->c, ps->grad, r->zgrad, ps->total);
+        memcpy(ps->grad + r->zlo, r->zgrad, (r->zhi - r->zlo) * sizeof *r->zgrad);
     } else if (r->deterministic) {
         int frc = comm_fixed_allreduce(r->c, r->acc, ps->total, fixed_bad);
         comm_fixed_to_float(ps->grad, r->acc, ps->total, COMM_FIXED_SCALE);
@@ -516,7 +565,13 @@ static int train_step(run *r, nn_stats *out) {
     out->correct = v[2];
 
     /* NaN/Inf: the gradients are identical on every rank, so every rank decides alike. */
-    int bad = find_nonfinite(ps);
+    int bad = find_nonfinite(ps, r->zlo, r->zhi);
+    if (r->zero) {
+        /* each rank checked its slice: agree on the highest failing tensor index */
+        double b = bad;
+        comm_allreduce_max_f64(r->c, &b, 1);
+        bad = (int)b;
+    }
     if (!isfinite(out->loss) || bad >= 0) {
         char what[300];
         if (bad >= 0)
@@ -534,9 +589,14 @@ static int train_step(run *r, nn_stats *out) {
                      (long long)r->ts.step, what, out->loss);
         return NN_ERR_NUMERIC;
     }
-    if (r->clip > 0) trainer_clip_grads(ps, r->clip);
+    if (r->clip > 0) {
+        double ss = trainer_grad_sumsq(ps, r->zlo, r->zhi);
+        if (r->zero) comm_allreduce_sum_f64(r->c, &ss, 1);
+        trainer_scale_grads(ps, r->zlo, r->zhi, sqrt(ss), r->clip);
+    }
     double lr = trainer_lr(&r->opt, r->ts.step);
     trainer_optim_step(&r->opt, ps, r->ts.step, lr);
+    if (r->zero) comm_allgather_f32(r->c, ps->data, ps->total);
     return NN_OK;
 }
 
@@ -743,8 +803,14 @@ static int read_settings(run *r) {
         (rc = nn_config_bool(cfg, "bleu", 1, &r->bleu)) < 0 ||
         (rc = nn_config_int(cfg, "eval-beam", 1, &beam)) < 0 ||
         (rc = nn_config_float(cfg, "len-alpha", 0.6, &r->len_alpha)) < 0 ||
-        (rc = nn_config_float(cfg, "bucket-mb", 4, &r->bucket_mb)) < 0)
+        (rc = nn_config_float(cfg, "bucket-mb", 4, &r->bucket_mb)) < 0 ||
+        (rc = nn_config_bool(cfg, "zero", 0, &r->zero)) < 0)
         return rc;
+    if (r->zero && r->deterministic) {
+        nn_set_error("--zero 1 and --deterministic cannot be combined (the fixed-point "
+                     "reduction needs the whole gradient on every rank)");
+        return NN_ERR_CONFIG;
+    }
     if (r->bucket_mb < 0 || r->bucket_mb > 1024) {
         nn_set_error("--bucket-mb must be in 0..1024, got %g", r->bucket_mb);
         return NN_ERR_CONFIG;
@@ -846,6 +912,7 @@ static void run_free(run *r) {
     free(r->slots);
     free(r->acc);
     comm_buckets_free(&r->buckets);
+    free(r->zgrad);
     free(r->hyp);
     free(r->hyp_txt);
     free(r->ref_txt);
@@ -950,8 +1017,14 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
 
     if ((rc = nn_model_init(&r->model, r->ops, &r->cfg, &r->data.dims, r->seed)) < 0) return rc;
     comm_bcast_params(r->c, r->model.params.data, r->model.params.total);
-    if ((rc = trainer_optim_init(&r->opt, &r->cfg, r->model.params.total, r->total_steps)) < 0)
+    r->zlo = 0;
+    r->zhi = r->model.params.total;
+    if (r->zero) comm_slice(r->model.params.total, r->c->rank, r->c->size, &r->zlo, &r->zhi);
+    if ((rc = trainer_optim_init_slice(&r->opt, &r->cfg, r->model.params.total, r->zlo, r->zhi,
+                                       r->total_steps)) < 0)
         return rc;
+    if (r->zero && !(r->zgrad = malloc((r->zhi - r->zlo + 1) * sizeof *r->zgrad)))
+        return NN_ERR_NOMEM;
     if ((rc = trainer_batch_init(&r->batch, &r->data, (int)r->micro)) < 0) return rc;
     r->slots = calloc((size_t)r->micro, sizeof *r->slots);
     if (!r->slots) return NN_ERR_NOMEM;
@@ -963,7 +1036,7 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
         r->ref_txt = malloc(r->txt_cap);
         if (!r->hyp || !r->hyp_txt || !r->ref_txt) return NN_ERR_NOMEM;
     }
-    r->use_buckets = r->c->size > 1 && !r->deterministic && r->bucket_mb > 0;
+    r->use_buckets = r->c->size > 1 && !r->deterministic && !r->zero && r->bucket_mb > 0;
     if (r->use_buckets &&
         comm_buckets_init(&r->buckets, r->c, r->model.params.grad, r->model.params.total,
                           (size_t)(r->bucket_mb * 1048576.0)) < 0) {

@@ -44,20 +44,28 @@ typedef struct trainer_optim {
     int sched;           /* enum trainer_sched */
     int64_t warmup, total_steps;
     double min_lr;
-    size_t n;
-    float *m, *v;        /* state slots (NULL when unused); one allocation each */
+    size_t n;            /* floats in the whole parameter buffer */
+    size_t lo, hi;       /* the slice this optimizer updates (ZeRO-1: this rank's) */
+    float *m, *v;        /* state of [lo, hi) (NULL when unused); one allocation each */
 } trainer_optim;
 
 /* Reads optimizer/schedule keys from cfg and allocates state for n floats (zeroed). */
 int trainer_optim_init(trainer_optim *o, const nn_config *cfg, size_t n, int64_t total_steps);
+/* The same for the slice [lo, hi) only (sharded optimizer state). */
+int trainer_optim_init_slice(trainer_optim *o, const nn_config *cfg, size_t n, size_t lo,
+                             size_t hi, int64_t total_steps);
 void trainer_optim_free(trainer_optim *o);
 /* Learning rate at step (0-based step about to be taken). Pure function. */
 double trainer_lr(const trainer_optim *o, int64_t step);
-/* One update of every non-frozen parameter with the gradients in ps->grad (already
- * averaged). step is 0-based (Adam bias correction uses step + 1). */
+/* One update of every non-frozen parameter inside [o->lo, o->hi) with the gradients in
+ * ps->grad (already averaged). step is 0-based (Adam bias correction uses step + 1). */
 void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr);
 /* Slots as (name, buffer) for checkpoints. Returns the count (0..2). */
 int trainer_optim_slots(const trainer_optim *o, const char **names, float **bufs);
+/* Sum of squared gradients over [lo, hi) (double accumulation). */
+double trainer_grad_sumsq(const nn_params *ps, size_t lo, size_t hi);
+/* Scales grads[lo, hi) by max_norm / norm when norm > max_norm > 0. */
+void trainer_scale_grads(nn_params *ps, size_t lo, size_t hi, double norm, double max_norm);
 /* Global L2 norm of all gradients (double accumulation). */
 double trainer_grad_norm(const nn_params *ps);
 /* Scales gradients so their global norm is at most max_norm; returns the norm before. */
