@@ -166,6 +166,10 @@ int io_ckpt_peek(const char *path, char **model, int *n_config, char ***keys, ch
 /* Reads only the vocabularies names[0..n) into out[0..n) (the caller frees each), so a
  * resumed run can size its model before reading parameters. */
 int io_ckpt_read_vocabs(const char *path, int n, const char *const *names, io_vocab *out);
+/* Reads the parameter /params/<name> of any checkpoint into a new buffer *out (caller
+ * frees) with its shape. IO_ERR_NOTFOUND when absent. */
+int io_ckpt_read_tensor(const char *path, const char *name, float **out, int *ndim,
+                        int64_t shape[IO_MAX_DIMS]);
 /* Prints a human summary (model, step, tensors with shapes and sizes, configuration). */
 int io_ckpt_info(const char *path, void *file /* FILE* */);
 

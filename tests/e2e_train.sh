@@ -76,6 +76,21 @@ V=$(grep -o 'vocab [0-9]*' "$TMP/p1.log" | head -1 | cut -d' ' -f2)
 check "h5py reads the checkpoint layout" /usr/bin/python3 "$HERE/check_ckpt_h5py.py" "$TMP/p1/ckpt_00000050.h5" \
     "params/embedding/weight:$V,16" "params/output/weight:4,16" "params/output/bias:4"
 
+# 5b. pretrained embeddings, frozen: copied by word, and untouched by training
+train 1 "$TMP/init" --steps 10 --init-embeddings "$TMP/p1/ckpt_00000050.h5:embedding/weight" --freeze embedding
+grep -q "initialised [0-9]* of [0-9]* embedding rows" "$TMP/init.log" &&
+/usr/bin/python3 - "$TMP/p1/ckpt_00000050.h5" "$TMP/init/ckpt_00000010.h5" <<'PY' && echo "ok   --init-embeddings + --freeze keep the pretrained rows" || { echo "FAIL init-embeddings"; fails=$((fails+1)); }
+import sys, h5py, numpy as np
+a, b = (h5py.File(p, "r") for p in sys.argv[1:3])
+va = [w for w in a["vocab/src"].asstr()[()]]; vb = [w for w in b["vocab/src"].asstr()[()]]
+ea, eb = a["params/embedding/weight"][()], b["params/embedding/weight"][()]
+ia = {w: i for i, w in enumerate(va)}
+rows = [(ia[w], j) for j, w in enumerate(vb) if j >= 4 and w in ia]
+assert len(rows) > 100, len(rows)
+assert all(np.array_equal(ea[i], eb[j]) for i, j in rows), "rows differ"
+assert not np.array_equal(a["params/output/weight"][()], b["params/output/weight"][()])
+PY
+
 # 6. it learns: a longer run beats the majority class (0.25 on 4 balanced labels) by far
 train 2 "$TMP/learn" --steps 150 --lr 0.03 --test "$D/test.tsv"
 acc=$(grep -o 'test step [0-9]*: loss [0-9.]*  acc [0-9.]*' "$TMP/learn.log" | awk '{print $NF}')

@@ -50,6 +50,8 @@ const nn_key trainer_keys[] = {
     {"bleu", "1", "models that decode: BLEU of greedy/beam output on every evaluation"},
     {"eval-beam", "1", "beam width of decoding during evaluation (1: greedy)"},
     {"len-alpha", "0.6", "length normalisation of beam search: score / ((5+len)/6)^alpha"},
+    {"init-embeddings", "", "CKPT[:TENSOR]: copy word vectors (default input/weight) into this model's embedding/weight, matched by word"},
+    {"freeze", "", "comma-separated parameter name prefixes the optimizer leaves alone"},
     {"vocab-size", "20000", "largest vocabulary, specials included"},
     {"min-count", "2", "words seen fewer times in training become <unk>"},
     {"max-len", "200", "truncate sequences to this many tokens (0: no limit)"},

@@ -655,6 +655,80 @@ static void write_pictures(run *r, const trainer_split *s) {
     free(img);
 }
 
+/* ---- pretrained pieces and frozen parameters ------------------------------------------ */
+
+/* Rank 0: rows of this model's embedding/weight := the pretrained vectors of the same words
+ * (matched through both vocabularies); other rows keep their initialisation. */
+static int init_embeddings(run *r, const char *spec) {
+    char path[4096], tensor[256] = "input/weight";
+    snprintf(path, sizeof path, "%s", spec);
+    /* FILE.h5:TENSOR names the tensor; a plain path uses input/weight (skip-gram's) */
+    char *colon = strstr(path, ".h5:") ? strstr(path, ".h5:") + 3 : NULL;
+    if (colon) {
+        *colon = 0;
+        snprintf(tensor, sizeof tensor, "%s", colon + 1);
+    }
+    nn_params *ps = &r->model.params;
+    int dst = nn_params_find(ps, "embedding/weight");
+    if (dst < 0) {
+        nn_set_error("--init-embeddings: model %s has no embedding/weight", r->ops->name);
+        return NN_ERR_CONFIG;
+    }
+    io_vocab pv = {0};
+    const char *names[1] = {"src"};
+    float *w = NULL;
+    int nd = 0;
+    int64_t shape[IO_MAX_DIMS];
+    if (io_ckpt_read_vocabs(path, 1, names, &pv) < 0 ||
+        io_ckpt_read_tensor(path, tensor, &w, &nd, shape) < 0) {
+        io_vocab_free(&pv);
+        nn_set_error("--init-embeddings: %s", io_error());
+        return NN_ERR_DATA;
+    }
+    const nn_param *p = &ps->p[dst];
+    int rc = NN_OK;
+    if (nd != 2 || shape[0] != pv.n || p->ndim != 2 || shape[1] != p->shape[1]) {
+        nn_set_error("--init-embeddings: %s:%s has shape (%lld,%lld) for %d words; this model's "
+                     "embedding/weight has width %d",
+                     path, tensor, (long long)shape[0], nd > 1 ? (long long)shape[1] : 0LL, pv.n,
+                     p->ndim == 2 ? p->shape[1] : 0);
+        rc = NN_ERR_SHAPE;
+    }
+    int copied = 0;
+    const io_vocab *v = &r->data.src;
+    for (int i = IO_N_SPECIAL; rc == NN_OK && i < v->n && i < p->shape[0]; i++) {
+        int j = io_vocab_lookup(&pv, v->word[i], strlen(v->word[i]));
+        if (j < 0) continue;
+        memcpy(ps->data + p->offset + (size_t)i * p->shape[1], w + (size_t)j * shape[1],
+               (size_t)p->shape[1] * sizeof(float));
+        copied++;
+    }
+    if (rc == NN_OK)
+        printf("lockstep: initialised %d of %d embedding rows from %s:%s\n", copied,
+               v->n - IO_N_SPECIAL, path, tensor);
+    free(w);
+    io_vocab_free(&pv);
+    return rc;
+}
+
+static int apply_freeze(run *r, const char *list) {
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        int hit = 0;
+        for (int t = 0; t < r->model.params.n; t++)
+            if (strncmp(r->model.params.p[t].name, tok, strlen(tok)) == 0) {
+                r->model.params.p[t].frozen = 1;
+                hit = 1;
+            }
+        if (!hit) {
+            nn_set_error("--freeze: no parameter of %s starts with '%s'", r->ops->name, tok);
+            return NN_ERR_CONFIG;
+        }
+    }
+    return NN_OK;
+}
+
 /* ---- set-up ---------------------------------------------------------------------------- */
 
 static int local_ranks(const comm *c) {
@@ -1016,7 +1090,19 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
     if (r->total_steps < 0) r->total_steps = -r->total_steps * r->steps_per_epoch;
 
     if ((rc = nn_model_init(&r->model, r->ops, &r->cfg, &r->data.dims, r->seed)) < 0) return rc;
+    const char *emb = nn_config_get(&r->cfg, "init-embeddings");
+    if (emb && *emb && !resumed) {
+        int erc = r->c->rank == 0 ? init_embeddings(r, emb) : NN_OK;
+        int buf[1] = {erc};
+        comm_bcast_bytes(r->c, buf, sizeof buf, 0);
+        if (buf[0] < 0) {
+            if (r->c->rank != 0) nn_set_error("--init-embeddings failed on rank 0");
+            return buf[0];
+        }
+    }
     comm_bcast_params(r->c, r->model.params.data, r->model.params.total);
+    const char *freeze = nn_config_get(&r->cfg, "freeze");
+    if (freeze && *freeze && (rc = apply_freeze(r, freeze)) < 0) return rc;
     r->zlo = 0;
     r->zhi = r->model.params.total;
     if (r->zero) comm_slice(r->model.params.total, r->c->rank, r->c->size, &r->zlo, &r->zhi);
