@@ -198,6 +198,22 @@ int io_dense_read_rows(const char *path, const char *dataset, int64_t row0, int6
 int io_dense_read_labels(const char *path, const char *dataset, int64_t row0, int64_t nrows,
                          int32_t *out);
 
+/* ---- captioning data sets (dense.c; written by scripts/prepare-captions) ------------ */
+/* out (nrows, cols) := rows [row0, row0 + nrows) of a 2-D integer dataset (e.g.
+ * "train/tokens"), as int32; IO_ERR_SHAPE when the range lies outside it, IO_ERR_FORMAT
+ * when the dataset is not integer. */
+int io_dense_read_tokens(const char *path, const char *dataset, int64_t row0, int64_t nrows,
+                         int32_t *out);
+/* Dims of any 2-D dataset (float or integer); the same as io_dense_info. */
+int io_dense_cols(const char *path, const char *dataset, int64_t *rows, int64_t *cols);
+/* v := the 1-D dataset of variable-length strings, ids in file order, specials as stored
+ * (io_vocab_init(v, 0), then each word added with count 0). IO_ERR_FORMAT when it is not
+ * such a dataset or repeats a word. v is initialised here (caller frees; freed on error). */
+int io_dense_vocab(const char *path, const char *dataset, io_vocab *v);
+/* out (n) := the integer attribute `name` of the root group (e.g. "image_shape"), as
+ * int64; IO_ERR_NOTFOUND when absent, IO_ERR_SHAPE when it does not hold exactly n values. */
+int io_dense_attr_i64(const char *path, const char *name, int64_t *out, int n);
+
 /* Creates dir and parents (mkdir -p). */
 int io_mkdirs(const char *dir);
 /* Atomically writes a whole small file (temp, fsync, rename). */

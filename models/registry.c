@@ -14,5 +14,6 @@ const nn_model_ops *const nn_models[] = {
     &nn_pca_ops,
     &nn_gpt_ops,
     &nn_transformer_ops,
+    &nn_captioner_ops,
     NULL,
 };
