@@ -26,6 +26,7 @@ static int kind_of(const char *data_kind) {
     if (strcmp(data_kind, "parallel") == 0) return IO_TEXT_PARALLEL;
     if (strcmp(data_kind, "lm") == 0) return IO_TEXT_PLAIN;
     if (strcmp(data_kind, "dense") == 0) return TRAINER_DENSE;
+    if (strcmp(data_kind, "caption") == 0) return TRAINER_CAPTION;
     return -1;
 }
 
@@ -151,6 +152,42 @@ static int dense_split(trainer_split *s, const char *spec, const char *default_g
     return NN_OK;
 }
 
+/* Captions: the lengths of every caption of a split (</s> included), read once. */
+static int caption_split(trainer_split *s) {
+    char ds[64];
+    snprintf(ds, sizeof ds, "%s/tokens", s->dense_group);
+    int64_t rows = 0, cols = 0;
+    if (io_dense_cols(s->dense_path, ds, &rows, &cols) < 0) return from_io(-1);
+    if (rows != s->n || cols < 1) {
+        nn_set_error("%s: %s has %lld rows of %lld tokens; %lld images", s->dense_path, ds,
+                     (long long)rows, (long long)cols, (long long)s->n);
+        return NN_ERR_DATA;
+    }
+    s->kind = TRAINER_CAPTION;
+    s->tok_cols = cols;
+    s->tok_len = malloc((size_t)(rows ? rows : 1) * sizeof *s->tok_len);
+    int32_t *buf = malloc((size_t)cols * 1024 * sizeof *buf);
+    if (!s->tok_len || !buf) {
+        free(buf);
+        return NN_ERR_NOMEM;
+    }
+    int rc = NN_OK;
+    for (int64_t r = 0; r < rows && rc == NN_OK; r += 1024) {
+        int64_t k = rows - r < 1024 ? rows - r : 1024;
+        if (io_dense_read_tokens(s->dense_path, ds, r, k, buf) < 0) {
+            rc = from_io(-1);
+            break;
+        }
+        for (int64_t i = 0; i < k; i++) {
+            int len = 0;
+            while (len < cols && buf[i * cols + len] != IO_PAD) len++;
+            s->tok_len[r + i] = len;
+        }
+    }
+    free(buf);
+    return rc;
+}
+
 static int max_seq(const int64_t *off, int64_t n) {
     int64_t m = 0;
     for (int64_t i = 0; i < n; i++)
@@ -191,13 +228,35 @@ int trainer_data_init(trainer_data *d, const comm *c, const nn_config *cfg,
     d->has_test = test && *test;
     d->max_len = (int)max_len;
 
-    if (d->kind == TRAINER_DENSE) {
+    if (d->kind == TRAINER_DENSE || d->kind == TRAINER_CAPTION) {
         rc = dense_split(&d->train, train, "train");
         if (rc == NN_OK && d->has_valid) rc = dense_split(&d->valid, valid, "valid");
         if (rc == NN_OK && d->has_test) rc = dense_split(&d->test, test, "test");
         if (rc < 0) return rc;
         d->dims.features = (int)d->train.dense_cols;
         d->dims.max_batch = micro_batch;
+        int64_t shape[3] = {0, 0, 0};
+        if (io_dense_attr_i64(d->train.dense_path, "image_shape", shape, 3) == IO_OK) {
+            d->dims.image_c = (int)shape[0];
+            d->dims.image_h = (int)shape[1];
+            d->dims.image_w = (int)shape[2];
+        }
+        if (d->kind == TRAINER_CAPTION) {
+            trainer_split *sp[3] = {&d->train, &d->valid, &d->test};
+            const int on[3] = {1, d->has_valid, d->has_test};
+            for (int i = 0; i < 3 && rc == NN_OK; i++)
+                if (on[i]) rc = caption_split(sp[i]);
+            if (rc == NN_OK && io_dense_vocab(d->train.dense_path, "vocab", &d->tgt) < 0)
+                rc = from_io(-1);
+            if (rc < 0) return rc;
+            d->dims.vocab_tgt = d->tgt.n;
+            d->dims.max_len_tgt = (int)d->train.tok_cols;
+            for (int i = 1; i < 3; i++)
+                if (on[i] && sp[i]->tok_cols > d->dims.max_len_tgt)
+                    d->dims.max_len_tgt = (int)sp[i]->tok_cols;
+            d->dims.max_len = 1;
+            return NN_OK;
+        }
         if (d->train.has_labels) {
             /* classes = 1 + the largest label in the training set */
             int32_t mx = 0;
@@ -344,7 +403,9 @@ int trainer_data_init(trainer_data *d, const comm *c, const nn_config *cfg,
 static void split_free(trainer_split *s) {
     io_shard_close(&s->shard);
     free(s->dense_path);
+    free(s->tok_len);
     s->dense_path = NULL;
+    s->tok_len = NULL;
 }
 
 void trainer_data_free(trainer_data *d) {
@@ -396,6 +457,7 @@ double trainer_example_count(const trainer_data *d, const trainer_split *s, int6
         return (double)len;
     }
     case IO_TEXT_PLAIN: return (double)s->seq_len;
+    case TRAINER_CAPTION: return (double)s->tok_len[e];
     default: return 1.0;
     }
 }
@@ -478,6 +540,20 @@ int trainer_batch_fill(trainer_batch *tb, const trainer_data *d, const trainer_s
         b->D = D;
         b->xf = tb->xf;
         if (s->has_labels) b->y = tb->y;
+        if (s->kind == TRAINER_CAPTION) {
+            char ts[64];
+            snprintf(ts, sizeof ts, "%s/tokens", s->dense_group);
+            const int U = (int)s->tok_cols;
+            NN_ASSERT(U <= tb->cap_U);
+            for (int i = 0; i < n; i++) {
+                if (io_dense_read_tokens(s->dense_path, ts, ex[i], 1, tb->y + (size_t)i * U) < 0)
+                    return from_io(-1);
+                tb->y_len[i] = s->tok_len[ex[i]];
+            }
+            b->U = U;
+            b->y = tb->y;
+            b->y_len = tb->y_len;
+        }
     }
     return NN_OK;
 }

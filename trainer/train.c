@@ -84,7 +84,7 @@ typedef struct run {
     int32_t *hyp;           /* (micro, max_out) decoded ids */
     char *hyp_txt, *ref_txt;/* scratch strings for BLEU */
     size_t txt_cap;
-    double last_bleu;
+    double last_bleu, last_exact; /* BLEU and exact-match rate of the last evaluation */
 } run;
 
 enum { ORDER_SHUFFLE, ORDER_SEQUENTIAL, ORDER_LANES };
@@ -193,7 +193,10 @@ static int write_ckpt(run *r, const char *path, const char *const *slot_names, f
     const char *vnames[3];
     io_vocab vocabs[3];
     int nv = 0;
-    if (r->data.kind != TRAINER_DENSE) {
+    if (r->data.kind == TRAINER_CAPTION) {
+        vnames[nv] = "tgt";
+        vocabs[nv++] = r->data.tgt;
+    } else if (r->data.kind != TRAINER_DENSE) {
         vnames[nv] = "src";
         vocabs[nv++] = r->data.src;
         if (r->data.kind == IO_TEXT_PARALLEL) {
@@ -348,8 +351,8 @@ static void ids_text(const io_vocab *v, const int32_t *ids, int n, int is_ref, c
     }
 }
 
-/* Decodes the batch and adds its BLEU statistics. */
-static int bleu_batch(run *r, bleu_stats *bs) {
+/* Decodes the batch and adds its BLEU statistics and exact matches. */
+static int bleu_batch(run *r, bleu_stats *bs, double *exact) {
     const nn_batch *b = &r->batch.b;
     int rc = r->ops->decode(&r->model, b, r->eval_beam, (float)r->len_alpha, r->max_out, r->hyp);
     for (int i = 0; rc == NN_OK && i < b->B; i++) {
@@ -358,6 +361,7 @@ static int bleu_batch(run *r, bleu_stats *bs) {
         ids_text(&r->data.tgt, b->y + (size_t)i * b->U, b->y_len[i], 1, r->ref_txt, r->txt_cap);
         const char *refs[1] = {r->ref_txt};
         bleu_add_sentence(bs, r->hyp_txt, refs, 1);
+        *exact += strcmp(r->hyp_txt, r->ref_txt) == 0;
     }
     return rc;
 }
@@ -374,19 +378,20 @@ static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
     nn_stats st = {0};
     bleu_stats bs;
     memset(&bs, 0, sizeof bs);
+    double exact = 0, n_seen = (double)(hi - lo);
     for (size_t i = lo; i < hi && rc == NN_OK; i += (size_t)r->micro) {
         int b = (int)((hi - i) < (size_t)r->micro ? (hi - i) : (size_t)r->micro);
         for (int k = 0; k < b; k++) r->slots[k] = (int64_t)(i + (size_t)k);
         rc = trainer_batch_fill(&r->batch, &r->data, s, r->slots, b, (uint64_t)r->ts.step);
         if (rc == NN_OK) rc = r->ops->evaluate(&r->model, &r->batch.b, &st);
-        if (rc == NN_OK && r->bleu) rc = bleu_batch(r, &bs);
+        if (rc == NN_OK && r->bleu) rc = bleu_batch(r, &bs, &exact);
     }
     if (comm_any(r->c, rc < 0)) {
         if (rc == NN_OK) nn_set_error("evaluation failed on another rank");
         return rc < 0 ? rc : NN_ERR_DATA;
     }
     /* loss sums, model extras and BLEU sufficient statistics in one reduction */
-    enum { NB = 2 * BLEU_ORDER + 2 };
+    enum { NB = 2 * BLEU_ORDER + 4 };
     double v[3 + NN_STATS_EXTRA + NB] = {st.loss, st.count, st.correct};
     for (int k = 0; k < NN_STATS_EXTRA; k++) v[3 + k] = st.extra[k];
     double *vb = v + 3 + NN_STATS_EXTRA;
@@ -396,6 +401,8 @@ static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
     }
     vb[2 * BLEU_ORDER] = bs.hyp_len;
     vb[2 * BLEU_ORDER + 1] = bs.ref_len;
+    vb[2 * BLEU_ORDER + 2] = exact;
+    vb[2 * BLEU_ORDER + 3] = n_seen;
     comm_allreduce_sum_f64(r->c, v, 3 + NN_STATS_EXTRA + NB);
     for (int k = 0; k < BLEU_ORDER; k++) {
         bs.match[k] = vb[k];
@@ -404,6 +411,7 @@ static int evaluate_split(run *r, const trainer_split *s, nn_stats *tot) {
     bs.hyp_len = vb[2 * BLEU_ORDER];
     bs.ref_len = vb[2 * BLEU_ORDER + 1];
     r->last_bleu = r->bleu ? bleu_score(&bs, NULL, NULL) : NAN;
+    r->last_exact = vb[2 * BLEU_ORDER + 3] > 0 ? vb[2 * BLEU_ORDER + 2] / vb[2 * BLEU_ORDER + 3] : 0;
     tot->loss = v[0];
     tot->count = v[1];
     tot->correct = v[2];
@@ -436,9 +444,10 @@ static void format_stats(const run *r, const nn_stats *st, char *txt, size_t tn,
         j += snprintf(json + j, jn - (size_t)j, ",\"ppl\":%.4f", ppl);
     }
     if (r->bleu) {
-        k += snprintf(txt + k, tn - (size_t)k, "  BLEU %.2f (beam %d)", r->last_bleu, r->eval_beam);
-        j += snprintf(json + j, jn - (size_t)j, ",\"bleu\":%.4f,\"beam\":%d", r->last_bleu,
-                      r->eval_beam);
+        k += snprintf(txt + k, tn - (size_t)k, "  BLEU %.2f exact %.4f (beam %d)", r->last_bleu,
+                      r->last_exact, r->eval_beam);
+        j += snprintf(json + j, jn - (size_t)j, ",\"bleu\":%.4f,\"exact\":%.6f,\"beam\":%d",
+                      r->last_bleu, r->last_exact, r->eval_beam);
     }
     if (r->ops->stat_names) {
         for (int e = 0; e < NN_STATS_EXTRA && r->ops->stat_names[e]; e++) {
@@ -894,7 +903,9 @@ static int read_settings(run *r) {
         return NN_ERR_CONFIG;
     }
     r->eval_beam = (int)beam;
-    if (!r->ops->decode || strcmp(r->ops->data_kind, "parallel") != 0) r->bleu = 0;
+    if (!r->ops->decode || (strcmp(r->ops->data_kind, "parallel") != 0 &&
+                            strcmp(r->ops->data_kind, "caption") != 0))
+        r->bleu = 0;
     (void)det;
     if (r->batch_size < 1 || r->micro < 0 || r->log_every < 1 || r->eval_every < 0 ||
         r->ckpt_every < 0 || r->stop_after < 0 || r->keep < 1 || r->patience < 0 || r->threads < 0 || steps < 0 ||

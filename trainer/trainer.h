@@ -82,8 +82,11 @@ typedef struct trainer_split {
     char dense_group[32];
     int64_t dense_cols;
     int has_labels;
+    int32_t *tok_len;    /* caption: (n) tokens of each example's caption, </s> included */
+    int64_t tok_cols;    /* caption: padded caption length L */
 } trainer_split;
 #define TRAINER_DENSE 10
+#define TRAINER_CAPTION 11 /* dense images (x) with token captions (tokens) */
 
 typedef struct trainer_data {
     int kind;
