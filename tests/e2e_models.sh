@@ -69,11 +69,11 @@ train s2s-plain "${S2S[@]}" --attention none --cell gru
 train transformer --model transformer --data "$E/train.tsv" --valid "$E/valid.tsv" --batch-size 32 \
     --steps 60 --log-every 10 --layers 2 --dim 32 --heads 4 --ff 64 --lr 0.003 --min-count 1 \
     --eval-every 30 --eval-beam 2
-grep -q "valid step 60: .*BLEU [0-9.]* (beam 2)" "$TMP/transformer.log" && ok "transformer: BLEU with beam 2 during evaluation" ||
+grep -q "valid step 60: .*BLEU [0-9.]* exact [0-9.]* (beam 2)" "$TMP/transformer.log" && ok "transformer: BLEU with beam 2 during evaluation" ||
     bad "transformer: no BLEU"
 "$LOCKSTEP" translate --ckpt "$TMP/transformer/ckpt_00000060.h5" --beam 3 < "$E/valid.tsv" > /dev/null 2>"$TMP/tt.err" &&
     ok "transformer translate --beam 3" || { bad "transformer translate"; cat "$TMP/tt.err"; }
-grep -q "valid step 60: .*BLEU [0-9.]* (beam 1)" "$TMP/s2s-attn.log" && ok "seq2seq: validation BLEU reported" ||
+grep -q "valid step 60: .*BLEU [0-9.]* exact [0-9.]* (beam 1)" "$TMP/s2s-attn.log" && ok "seq2seq: validation BLEU reported" ||
     bad "seq2seq: no BLEU"
 cut -f1 "$E/valid.tsv" > "$TMP/src.txt"
 cut -f2 "$E/valid.tsv" > "$TMP/ref.txt"
@@ -98,6 +98,13 @@ done
 mpirun -np 2 "$LOCKSTEP" train --model pca --data "$I" --valid "$I" --out "$TMP/pca" --components 8 \
     --threads 1 > "$TMP/pca.log" 2>&1 && grep -q "valid step 1: loss" "$TMP/pca.log" &&
     ok "pca: fitted in one pass" || { bad "pca"; tail -3 "$TMP/pca.log"; }
+
+C=$HERE/data/captions_small.h5
+train captioner --model captioner --data "$C" --valid "$C" --test "$C" --batch-size 20 --steps 60 \
+    --log-every 10 --lr 0.003 --eval-every 30 --hidden 32 --channels 8,16
+grep -q "test step 60: .*BLEU [0-9.]* exact [0-9.]*" "$TMP/captioner.log" &&
+    [ "$(head -c 8 "$TMP/captioner/attention.png" | od -An -tx1 | tr -d ' ')" = "89504e470d0a1a0a" ] &&
+    ok "captioner: test BLEU and exact match, attention picture" || bad "captioner"
 
 # info and eval on a checkpoint
 "$LOCKSTEP" info "$TMP/cnn/ckpt_00000060.h5" > "$TMP/info.txt" 2>&1 &&
