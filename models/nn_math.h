@@ -35,7 +35,9 @@ static inline float nn_exp_(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
     union { int32_t i; float f; } s;
-    s.i = ((int32_t)n + 127) * (1 << 23);
+    /* unsigned shift: a NaN input (n = INT_MIN after conversion) must not be signed
+     * overflow; the result is NaN either way through p */
+    s.i = (int32_t)((uint32_t)((int32_t)n + 127) << 23);
     return x0 < -87.0f ? 0.0f : p * s.f; /* exact 0 for masked (-inf) entries */
 }
 
