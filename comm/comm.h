@@ -89,7 +89,8 @@ typedef struct comm_buckets {
 } comm_buckets;
 
 /* Not collective (no MPI communication); every rank must use the same n and bucket_bytes.
- * bucket_bytes is clamped to [4, 2^32] bytes (MPI counts are int); 0 means 4 MiB. grads may be NULL iff n == 0.
+ * bucket_bytes is clamped to [4, 2^32] bytes (MPI counts are int); 0 means 4 MiB.
+ * grads may be NULL iff n == 0. b keeps a copy of c->world, not a pointer to c.
  * Returns 0, or -1 if allocation fails (then b is zeroed and owns nothing). */
 int comm_buckets_init(comm_buckets *b, const comm *c, float *grads, size_t n,
                       size_t bucket_bytes);
@@ -114,7 +115,8 @@ void comm_buckets_free(comm_buckets *b);
  * grouping. Per step:
  *     memset(acc, 0, n * sizeof *acc);
  *     for each local micro-batch: comm_fixed_accumulate(acc, g, n, COMM_FIXED_SCALE);
- *     comm_fixed_allreduce(&c, acc, n);                 (checks every rank's status)
+ *     bad |= status of each accumulate;
+ *     if (comm_fixed_allreduce(&c, acc, n, bad) != COMM_OK) -> same error on every rank
  *     comm_fixed_to_float(grads, acc, n, COMM_FIXED_SCALE);
  * Precision: absolute 1/scale per contribution (2^-32 = 2.3e-10 by default). Range: each
  * rank's partial sums must stay below 2^62 / (scale * ranks) in magnitude (2^30 / ranks,
@@ -122,15 +124,14 @@ void comm_buckets_free(comm_buckets *b);
 #define COMM_FIXED_SCALE 4294967296.0 /* 2^32 */
 enum { COMM_OK = 0, COMM_ERR_RANGE = -2 };
 /* acc[i] += llrint(g[i] * scale), i in [0, n). Not collective. Returns COMM_OK, or
- * COMM_ERR_RANGE if some g[i] is not finite, or a product or a sum leaves the int64 range
- * (2^62 per product); then that acc[i] saturates to +-2^62 (NaN counts as 0) and the rest is
+ * COMM_ERR_RANGE if some g[i] is NaN, or g[i] * scale or the new acc[i] lies outside
+ * [-2^62, 2^62]; then that acc[i] saturates to +-2^62 (a NaN adds nothing) and the rest is
  * still accumulated. acc (n), g (n). */
 int comm_fixed_accumulate(int64_t *acc, const float *g, size_t n, double scale);
 /* Collective. acc[0..n) := sum over ranks, in place (MPI_INT64_T). Returns COMM_OK, or
  * COMM_ERR_RANGE on EVERY rank if any rank passes bad != 0 or if the sum could overflow
  * (ranks * max over ranks of max|acc| >= 2^62, checked before reducing; then acc is
- * unchanged).
- * Pass the OR of the accumulate statuses as bad so all ranks agree on the failure. */
+ * unchanged). Pass bad = "some local accumulate failed" so all ranks agree on failure. */
 int comm_fixed_allreduce(const comm *c, int64_t *acc, size_t n, int bad);
 /* out[i] = (float)(acc[i] / scale). Exact for power-of-two scales up to the float
  * rounding. out (n), acc (n). Not collective. */
