@@ -206,7 +206,7 @@ int trainer_prepare_cmd(int argc, char **argv) {
         goto done;
     }
     double dt = trainer_now() - t0, mb = file_mb(train);
-    printf("prepare: vocabulary pass over %s: %.1f MB, %lld tokens in %.2f s (%.1f MB/s)\n", train,
+    printf("prepare: vocabulary pass over %s: %.1f MB, %lld words in %.2f s (%.1f MB/s)\n", train,
            mb, (long long)tokens, dt, mb / (dt + 1e-9));
     printf("prepare: vocabulary %d entries: %d specials + %d of %d distinct words (min-count %ld, "
            "vocab-size %ld)", src.n, IO_N_SPECIAL, src.n - IO_N_SPECIAL, words, min_count,
