@@ -2,7 +2,7 @@
 # e2e_slurm.sh LOCKSTEP BUILD_DIR - preemption and requeue under a real SLURM: starts a
 # single-node cluster on this machine (scripts/slurm/cluster), submits
 # scripts/slurm/lockstep-1node.sbatch training bow-classifier on tests/data/desc_small on
-# 2 ranks, and preempts it twice in two ways:
+# 2 ranks, and preempts it three times:
 #   A. mpirun launcher, `scancel --signal=USR1 --batch` (what --signal=B:USR1@N does):
 #      the batch shell forwards USR1 to mpirun, the ranks stop after one agreed step with a
 #      checkpoint, lockstep exits 99, the cluster requeues (RequeueExit=99);
@@ -41,7 +41,7 @@ fails=0
 fail() { echo "FAIL $*"; fails=$((fails + 1)); }
 
 D=$HERE/data/desc_small
-STEPS=4000
+STEPS=1500
 ARGS=(--model bow-classifier --data "$D/train.tsv" --dim 16 --min-count 1 --steps $STEPS
       --batch-size 16 --log-every 50 --threads 1 --seed 3 --ckpt-every 500 --keep 100)
 FINAL=ckpt_$(printf %08d $STEPS).h5
@@ -113,12 +113,22 @@ preempt_case() {
 }
 
 preempt_case A mpirun usr1
+grep -q "requeues job .* (RequeueExit)" "$TMP/A.out" || fail "A: the script did not rely on RequeueExit=99"
 echo "     ($((SECONDS - T0)) s)"
 preempt_case B srun requeue
 echo "     ($((SECONDS - T0)) s)"
+# C. a cluster without RequeueExit (most are): the script calls `scontrol requeue` itself
+sed -i '/^RequeueExit=/d' "$SLURM_CONF"
+if scontrol reconfigure && sleep 1 && ! scontrol show config | grep -E '^RequeueExit ' | grep -qw 99; then
+    preempt_case C mpirun usr1
+    grep -q "requeueing job .* (scontrol requeue)" "$TMP/C.out" || fail "C: the script did not call scontrol requeue"
+else
+    fail "C: cannot drop RequeueExit from the cluster configuration"
+fi
+echo "     ($((SECONDS - T0)) s)"
 
 if "$CLUSTER" stop "$TMP/cluster" > "$TMP/stop.log" 2>&1 &&
-   ! "$CLUSTER" status "$TMP/cluster" | grep -q ' running'; then
+   ! "$CLUSTER" status "$TMP/cluster" | grep -q '^[a-z]* running'; then
     echo "ok   cluster stopped"
 else
     fail "cluster stop"; cat "$TMP/stop.log"
