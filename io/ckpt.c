@@ -862,32 +862,123 @@ int io_ckpt_info(const char *path, void *file) {
     if (f < 0) return rc;
     char *model = io_h5_attr_read_str_(f, "model");
     char *created = io_h5_attr_read_str_(f, "created");
-    int64_t step = -1, epoch = -1, ws = -1;
+    char *format = io_h5_attr_read_str_(f, "format");
+    int64_t version = -1;
+    io_h5_attr_read_i64_(f, "format_version", &version);
+    struct stat fst;
+    double mib = stat(path, &fst) == 0 ? (double)fst.st_size / 1048576.0 : -1.0;
+    fprintf(out, "checkpoint: %s (%.2f MiB)\nformat: %s version %" PRId64 ", created %s\n"
+                 "model: %s\n",
+            path, mib, format ? format : "?", version, created ? created : "?",
+            model ? model : "?");
+
+    /* training state */
+    io_train_state ts = {.step = -1, .epoch = -1, .world_size = -1, .best_step = -1};
+    int has_best = 0;
     hid_t g = H5Gopen2(f, "/train", H5P_DEFAULT);
     if (g >= 0) {
-        io_h5_attr_read_i64_(g, "step", &step);
-        io_h5_attr_read_i64_(g, "epoch", &epoch);
-        io_h5_attr_read_i64_(g, "world_size", &ws);
+        io_h5_attr_read_i64_(g, "step", &ts.step);
+        io_h5_attr_read_i64_(g, "epoch", &ts.epoch);
+        io_h5_attr_read_i64_(g, "world_size", &ts.world_size);
+        io_h5_attr_read_i64_(g, "examples_seen", &ts.examples_seen);
+        io_h5_attr_read_i64_(g, "tokens_seen", &ts.tokens_seen);
+        io_h5_attr_read_i64_(g, "data_pos", &ts.data_pos);
+        io_h5_attr_read_i64_(g, "best_step", &ts.best_step);
+        io_h5_attr_read_i64_(g, "bad_evals", &ts.bad_evals);
+        has_best = io_h5_attr_read_f64_(g, "best_metric", &ts.best_metric);
         H5Gclose(g);
     }
-    fprintf(out, "checkpoint: %s\nmodel: %s\ncreated: %s\nstep: %" PRId64 "  epoch: %" PRId64
-                 "  world_size: %" PRId64 "\nparameters:\n",
-            path, model ? model : "?", created ? created : "?", step, epoch, ws);
+    fprintf(out, "step: %" PRId64 "  epoch %" PRId64 "  written by %" PRId64 " rank%s\n",
+            ts.step, ts.epoch, ts.world_size, ts.world_size == 1 ? "" : "s");
+    fprintf(out, "seen: %" PRId64 " examples, %" PRId64 " tokens; data position %" PRId64
+                 "\n",
+            ts.examples_seen, ts.tokens_seen, ts.data_pos);
+    if (has_best && ts.best_step >= 0)
+        fprintf(out, "best: validation metric %.6g (higher is better) at step %" PRId64
+                     " (%" PRId64 " evaluations without improvement since)\n",
+                ts.best_metric, ts.best_step, ts.bad_evals);
+    else
+        fprintf(out, "best: no validation yet\n");
+
+    /* parameters, one line each */
+    fprintf(out, "parameters:\n  %-40s %-20s %12s\n", "name", "shape", "count");
     io_info_ in = {.out = out};
     if (io_h5_exists_(f, "/params") && (g = H5Gopen2(f, "/params", H5P_DEFAULT)) >= 0) {
         H5Ovisit(g, H5_INDEX_NAME, H5_ITER_INC, io_info_visit_, &in);
         H5Gclose(g);
     }
-    fprintf(out, "total: %" PRId64 " tensors, %" PRId64 " parameters, %" PRId64 " bytes\n",
-            in.n_tensors, in.n_params, in.bytes);
+    fprintf(out, "total: %" PRId64 " tensors, %" PRId64 " parameters, %" PRId64
+                 " bytes (%.2f MiB)\n",
+            in.n_tensors, in.n_params, in.bytes, (double)in.bytes / 1048576.0);
+
+    /* optimizer slots: each has the layout of /params */
+    if (io_h5_exists_(f, "/optim") && (g = H5Gopen2(f, "/optim", H5P_DEFAULT)) >= 0) {
+        H5G_info_t gi;
+        if (H5Gget_info(g, &gi) >= 0) {
+            fprintf(out, "optimizer: %d slot%s", (int)gi.nlinks, gi.nlinks == 1 ? "" : "s");
+            for (hsize_t i = 0; i < gi.nlinks; i++) {
+                char name[64] = "?";
+                H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
+                                   H5P_DEFAULT);
+                fprintf(out, "%s%s", i ? ", " : " (", name);
+            }
+            fprintf(out, "%s, %" PRId64 " bytes\n", gi.nlinks ? ")" : "",
+                    (int64_t)gi.nlinks * in.bytes);
+        }
+        H5Gclose(g);
+    } else {
+        fprintf(out, "optimizer: no state\n");
+    }
+
+    /* vocabularies: /vocab/<side> string datasets (beside <side>_count) */
+    if (io_h5_exists_(f, "/vocab") && (g = H5Gopen2(f, "/vocab", H5P_DEFAULT)) >= 0) {
+        H5G_info_t gi;
+        int shown = 0;
+        if (H5Gget_info(g, &gi) >= 0) {
+            fprintf(out, "vocabulary:");
+            for (hsize_t i = 0; i < gi.nlinks; i++) {
+                char name[64] = "";
+                if (H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof name,
+                                       H5P_DEFAULT) < 0)
+                    continue;
+                size_t ln = strlen(name);
+                if (ln > 6 && strcmp(name + ln - 6, "_count") == 0) continue;
+                hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
+                if (d < 0) continue;
+                hid_t sp = H5Dget_space(d);
+                hssize_t n = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+                fprintf(out, "%s %s %lld", shown++ ? "," : "", name, (long long)n);
+                if (sp >= 0) H5Sclose(sp);
+                H5Dclose(d);
+            }
+            fprintf(out, "%s\n", shown ? " entries" : " none");
+        }
+        H5Gclose(g);
+    }
+
+    /* evaluation history */
+    if (io_h5_exists_(f, "/metrics")) {
+        hid_t d = H5Dopen2(f, "/metrics", H5P_DEFAULT);
+        if (d >= 0) {
+            hid_t sp = H5Dget_space(d);
+            hssize_t n = sp >= 0 ? H5Sget_simple_extent_npoints(sp) : -1;
+            fprintf(out, "metrics: %lld evaluation record%s in /metrics\n", (long long)n,
+                    n == 1 ? "" : "s");
+            if (sp >= 0) H5Sclose(sp);
+            H5Dclose(d);
+        }
+    }
+
+    /* configuration as given */
     int nc = 0;
     char **keys = NULL, **vals = NULL;
     if (io_ckpt_read_config_(f, path, &nc, &keys, &vals) == IO_OK) {
-        fprintf(out, "config:\n");
+        fprintf(out, "config: %d keys\n", nc);
         for (int i = 0; i < nc; i++) fprintf(out, "  %s = %s\n", keys[i], vals[i]);
         io_free_strs_(keys, (size_t)nc);
         io_free_strs_(vals, (size_t)nc);
     }
+    free(format);
     free(model);
     free(created);
     H5Fclose(f);

@@ -9,6 +9,7 @@
 
 #include "trainer/bleu.h"
 #include "trainer/infer.h"
+#include "trainer/prepare.h"
 #include "trainer/trainer.h"
 
 static void usage(FILE *f) {
@@ -18,6 +19,8 @@ static void usage(FILE *f) {
             "commands:\n"
             "  train --model NAME [--config FILE] [--key value ...]   train (see train --help)\n"
             "  eval --ckpt FILE [--valid F] [--test F]                evaluate a checkpoint\n"
+            "  prepare --kind lm|classify|parallel --data F --out DIR\n"
+            "                                                         vocabularies + shards ahead of train\n"
             "  info CKPT                                              what a checkpoint holds\n"
             "  translate --ckpt FILE [--beam B] [--len-alpha A] < src > hyp\n"
             "                                                         decode tokenised lines\n"
@@ -47,6 +50,7 @@ int main(int argc, char **argv) {
         if (rc < 0) fprintf(stderr, "lockstep: error: %s\n", nn_error());
         return rc < 0 ? 1 : 0;
     }
+    if (strcmp(cmd, "prepare") == 0) return trainer_prepare_main(argc - 2, argv + 2);
     if (strcmp(cmd, "bleu") == 0) return bleu_main(argc - 1, argv + 1);
     if (strcmp(cmd, "translate") == 0 || strcmp(cmd, "generate") == 0) {
         int rc = strcmp(cmd, "translate") == 0 ? trainer_translate_cmd(argc - 2, argv + 2)
