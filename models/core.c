@@ -401,3 +401,9 @@ void nn_model_free(nn_model *m) {
     nn_params_free(&m->params);
     memset(m, 0, sizeof *m);
 }
+
+const char *nn_blas_version(void) {
+    /* e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH NO_AFFINITY SkylakeX MAX_THREADS=64" */
+    const char *s = openblas_get_config();
+    return s ? s : "OpenBLAS";
+}

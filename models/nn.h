@@ -131,6 +131,8 @@ void nn_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, i
              const float *Bm, int ldb, float beta, float *C, int ldc);
 void nn_set_threads(int n); /* OpenBLAS threads for this process */
 int nn_get_threads(void);
+/* "OpenBLAS 0.3.21 ..." as the library reports itself (static string). */
+const char *nn_blas_version(void);
 
 /* ---- layers ------------------------------------------------------------------------- */
 /* Embedding: out (N,C) = table[ids]. ids (N). NN_PAD ids give a zero row. */

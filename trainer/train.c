@@ -938,9 +938,10 @@ static int read_settings(run *r) {
 
 static void print_banner(run *r) {
     if (r->c->rank != 0) return;
-    printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, OpenBLAS\n", r->ops->name,
+    printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, %s\n", r->ops->name,
            r->c->size, r->c->size == 1 ? "" : "s", nn_get_threads(),
-           nn_get_threads() == 1 ? "" : "s", comm_mpi_version(), io_hdf5_version());
+           nn_get_threads() == 1 ? "" : "s", comm_mpi_version(), io_hdf5_version(),
+           nn_blas_version());
     printf("lockstep: %zu parameters (%.1f MiB), train %lld examples", r->model.params.total,
            (double)r->model.params.total * 4 / 1048576.0, (long long)r->data.train.n);
     if (r->data.has_valid) printf(", valid %lld", (long long)r->data.valid.n);
@@ -1159,6 +1160,9 @@ int trainer_train(const comm *c, int argc, char **argv) {
     run r;
     memset(&r, 0, sizeof r);
     r.c = c;
+    /* first thing: a preemption signal during a long set-up (vocabulary pass, shard
+     * encoding) must not kill the ranks with the default action */
+    install_signal_handlers();
     for (int i = 0; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             const nn_model_ops *only = NULL;
@@ -1191,7 +1195,6 @@ int trainer_train(const comm *c, int argc, char **argv) {
     }
     nn_stats win = {0};
     int stop = 0, preempted = 0, signalled = 0;
-    install_signal_handlers();
     int64_t last_saved = -1;
     while (r.ts.step < r.total_steps && !stop) {
         nn_stats st;
