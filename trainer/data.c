@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "trainer/trainer.h"
 
@@ -80,10 +81,15 @@ static int bcast_vocab(const comm *c, io_vocab *v) {
     return NN_OK;
 }
 
-/* ---- shards ---------------------------------------------------------------------------- */
+static int shard_path(char *out, size_t n, const char *dir, const char *split);
 
-/* A stamp names the sources and vocabularies a shard set was built from; a matching stamp
- * lets a restart skip re-encoding. */
+/* ---- preparation: vocabularies and shards under <out>/data ------------------------------ */
+
+/* The stamp names what a shard set was built from: each source (real path, size, mtime)
+ * and the settings. With a matching stamp, vocab.bin (the packed vocabularies) and the
+ * shards are reused as they are, so a restart neither recounts nor re-encodes. The stamp
+ * is removed before anything is rebuilt and written last, so it never vouches for a
+ * half-built set. */
 static uint64_t vocab_hash(const io_vocab *v, uint64_t h) {
     for (int i = 0; i < v->n; i++)
         for (const char *p = v->word[i]; ; p++) {
@@ -95,20 +101,185 @@ static uint64_t vocab_hash(const io_vocab *v, uint64_t h) {
 
 static void stamp_line(char *out, size_t n, const char *path) {
     struct stat st;
-    if (path && *path && stat(path, &st) == 0)
-        snprintf(out, n, "%s %lld %lld\n", path, (long long)st.st_size,
-                 (long long)st.st_mtime);
+    char real[4096];
+    if (path && *path && realpath(path, real) && stat(real, &st) == 0)
+        snprintf(out, n, "%s %lld %lld\n", real, (long long)st.st_size, (long long)st.st_mtime);
     else
         snprintf(out, n, "%s -\n", path ? path : "");
 }
 
-static int read_small(const char *path, char *buf, size_t cap) {
+static char *read_whole(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    size_t n = fread(buf, 1, cap - 1, f);
-    buf[n] = 0;
+    if (!f) return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
+            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+                free(buf);
+                buf = NULL;
+            } else {
+                buf[n] = 0;
+                *len = (size_t)n;
+            }
+        }
+    }
     fclose(f);
-    return (int)n;
+    return buf;
+}
+
+/* vocab.bin: for src, tgt, labels: u64 length + io_vocab_pack bytes (length 0: absent). */
+static int save_vocabs(const char *path, io_vocab *const v[3]) {
+    char *parts[3] = {NULL, NULL, NULL};
+    size_t lens[3] = {0, 0, 0}, total = 0;
+    int rc = NN_OK;
+    for (int i = 0; i < 3 && rc == NN_OK; i++) {
+        if (v[i]->n > 0 && io_vocab_pack(v[i], &parts[i], &lens[i]) < 0) rc = from_io(-1);
+        total += 8 + lens[i];
+    }
+    char *buf = rc == NN_OK ? malloc(total) : NULL;
+    if (rc == NN_OK && !buf) rc = NN_ERR_NOMEM;
+    if (rc == NN_OK) {
+        size_t o = 0;
+        for (int i = 0; i < 3; i++) {
+            uint64_t l = lens[i];
+            memcpy(buf + o, &l, 8);
+            if (lens[i]) memcpy(buf + o + 8, parts[i], lens[i]);
+            o += 8 + lens[i];
+        }
+        rc = from_io(io_write_file_atomic(path, buf, total));
+    }
+    free(buf);
+    for (int i = 0; i < 3; i++) free(parts[i]);
+    return rc;
+}
+
+static int load_vocabs(const char *path, io_vocab *const v[3]) {
+    size_t len = 0;
+    char *buf = read_whole(path, &len);
+    if (!buf) return NN_ERR_DATA;
+    size_t o = 0;
+    int rc = NN_OK;
+    for (int i = 0; i < 3 && rc == NN_OK; i++) {
+        uint64_t l;
+        if (o + 8 > len) {
+            rc = NN_ERR_DATA;
+            break;
+        }
+        memcpy(&l, buf + o, 8);
+        o += 8;
+        if (l > len - o) {
+            rc = NN_ERR_DATA;
+            break;
+        }
+        if (l && io_vocab_unpack(v[i], buf + o, (size_t)l) < 0) rc = NN_ERR_DATA;
+        o += (size_t)l;
+    }
+    free(buf);
+    if (rc < 0)
+        for (int i = 0; i < 3; i++) io_vocab_free(v[i]);
+    return rc;
+}
+
+int trainer_data_prepare(const trainer_prep *p, io_vocab *vocab_from, int n_vocab_from,
+                         io_vocab *src, io_vocab *tgt, io_vocab *labels) {
+    const int want_tgt = p->kind == IO_TEXT_PARALLEL, want_labels = p->kind == IO_TEXT_CLASSIFY;
+    io_vocab *const v[3] = {src, tgt, labels};
+    char dir[4096], stamp[16384] = {0}, line[4600], stamp_path[4200], vocab_path[4200];
+    size_t old_len = 0;
+    snprintf(dir, sizeof dir, "%s/data", p->out);
+    snprintf(stamp_path, sizeof stamp_path, "%s/stamp.txt", dir);
+    snprintf(vocab_path, sizeof vocab_path, "%s/vocab.bin", dir);
+    if (io_mkdirs(dir) < 0) return from_io(-1);
+    for (int i = 0; i < 3; i++) {
+        stamp_line(line, sizeof line, p->paths[i]);
+        strncat(stamp, line, sizeof stamp - strlen(stamp) - 1);
+    }
+    snprintf(line, sizeof line, "kind %d max-len %ld vocab-size %ld min-count %ld format 2\n",
+             p->kind, p->max_len, p->vocab_size, p->min_count);
+    strncat(stamp, line, sizeof stamp - strlen(stamp) - 1);
+
+    /* current? the stamp matches, the vocabularies load, every shard exists */
+    char *old = read_whole(stamp_path, &old_len);
+    int fresh = old && strcmp(old, stamp) == 0;
+    free(old);
+    const char *names[3] = {"train", "valid", "test"};
+    char sp[3][4200];
+    for (int i = 0; i < 3; i++) {
+        int rc = shard_path(sp[i], sizeof sp[i], p->out, names[i]);
+        if (rc < 0) return rc;
+        struct stat st;
+        if (p->paths[i] && *p->paths[i] && stat(sp[i], &st) != 0) fresh = 0;
+    }
+    if (fresh && load_vocabs(vocab_path, v) < 0) fresh = 0;
+    if (fresh && vocab_from) {
+        /* resuming: the shards are only current if they were made with these ids */
+        uint64_t a = 0xcbf29ce484222325ULL, b = a;
+        for (int i = 0; i < 3; i++) a = vocab_hash(v[i], a);
+        for (int i = 0; i < n_vocab_from; i++) b = vocab_hash(&vocab_from[i], b);
+        if (a != b) fresh = 0;
+    }
+    if (fresh) {
+        if (p->verbose) printf("prepare: %s is current (stamp matches); left as it is\n", dir);
+        return NN_OK;
+    }
+    for (int i = 0; i < 3; i++) io_vocab_free(v[i]);
+    unlink(stamp_path);
+
+    int rc = NN_OK;
+    if (vocab_from) {
+        /* the checkpoint's vocabularies, in the order src, tgt, labels */
+        int k = 0;
+        *src = vocab_from[k];
+        memset(&vocab_from[k++], 0, sizeof(io_vocab));
+        if (want_tgt && k < n_vocab_from) {
+            *tgt = vocab_from[k];
+            memset(&vocab_from[k++], 0, sizeof(io_vocab));
+        }
+        if (want_labels && k < n_vocab_from) {
+            *labels = vocab_from[k];
+            memset(&vocab_from[k++], 0, sizeof(io_vocab));
+        }
+    } else {
+        double t0 = trainer_now();
+        rc = from_io(io_vocab_init(src, 1));
+        if (rc == NN_OK && want_tgt) rc = from_io(io_vocab_init(tgt, 1));
+        if (rc == NN_OK && want_labels) rc = from_io(io_vocab_init(labels, 0));
+        if (rc == NN_OK)
+            rc = from_io(io_text_count(p->paths[0], p->kind, src, want_tgt ? tgt : NULL,
+                                       want_labels ? labels : NULL));
+        int words = src->n - IO_N_SPECIAL;
+        if (rc == NN_OK) rc = from_io(io_vocab_prune(src, p->min_count, (int)p->vocab_size));
+        if (rc == NN_OK && want_tgt)
+            rc = from_io(io_vocab_prune(tgt, p->min_count, (int)p->vocab_size));
+        if (rc == NN_OK && want_labels) rc = from_io(io_vocab_prune(labels, 1, 0));
+        if (rc == NN_OK && want_labels && labels->n < 2) {
+            nn_set_error("%s: need at least 2 distinct labels, found %d", p->paths[0], labels->n);
+            rc = NN_ERR_DATA;
+        }
+        if (rc == NN_OK && p->verbose)
+            printf("prepare: vocabulary of %s: %d entries (%d of %d distinct words, min-count "
+                   "%ld, vocab-size %ld)%s in %.2f s\n",
+                   p->paths[0], src->n, src->n - IO_N_SPECIAL, words, p->min_count,
+                   p->vocab_size, want_labels ? " + labels" : want_tgt ? " + target" : "",
+                   trainer_now() - t0);
+    }
+    for (int i = 0; i < 3 && rc == NN_OK; i++) {
+        if (!p->paths[i] || !*p->paths[i]) continue;
+        double t0 = trainer_now();
+        int ml = p->kind == IO_TEXT_PLAIN ? 0 : (int)p->max_len;
+        rc = from_io(io_shard_encode(p->paths[i], p->kind, src, want_tgt ? tgt : NULL,
+                                     want_labels ? labels : NULL, ml, sp[i]));
+        struct stat st;
+        if (rc == NN_OK && p->verbose && stat(p->paths[i], &st) == 0) {
+            double dt = trainer_now() - t0;
+            printf("prepare: %s: %.1f MB of text encoded in %.2f s (%.1f MB/s)\n", sp[i],
+                   (double)st.st_size / 1e6, dt, (double)st.st_size / 1e6 / (dt + 1e-9));
+        }
+    }
+    if (rc == NN_OK) rc = save_vocabs(vocab_path, v);
+    if (rc == NN_OK) rc = from_io(io_write_file_atomic(stamp_path, stamp, strlen(stamp)));
+    return rc;
 }
 
 static int shard_path(char *out, size_t n, const char *dir, const char *split) {
@@ -278,70 +449,8 @@ int trainer_data_init(trainer_data *d, const comm *c, const nn_config *cfg,
     const int want_tgt = d->kind == IO_TEXT_PARALLEL;
     const int want_labels = d->kind == IO_TEXT_CLASSIFY;
     if (c->rank == 0) {
-        if (vocab_from) {
-            /* resume: the checkpoint's vocabularies, in the order src, tgt, labels */
-            int k = 0;
-            d->src = vocab_from[k++];
-            memset(&vocab_from[k - 1], 0, sizeof(io_vocab));
-            if (want_tgt && k < n_vocab_from) {
-                d->tgt = vocab_from[k++];
-                memset(&vocab_from[k - 1], 0, sizeof(io_vocab));
-            }
-            if (want_labels && k < n_vocab_from) {
-                d->labels = vocab_from[k++];
-                memset(&vocab_from[k - 1], 0, sizeof(io_vocab));
-            }
-            rc = NN_OK;
-        } else {
-            rc = from_io(io_vocab_init(&d->src, 1));
-            if (rc == NN_OK && want_tgt) rc = from_io(io_vocab_init(&d->tgt, 1));
-            if (rc == NN_OK && want_labels) rc = from_io(io_vocab_init(&d->labels, 0));
-            if (rc == NN_OK)
-                rc = from_io(io_text_count(train, d->kind, &d->src, want_tgt ? &d->tgt : NULL,
-                                           want_labels ? &d->labels : NULL));
-            if (rc == NN_OK) rc = from_io(io_vocab_prune(&d->src, min_count, (int)vocab_size));
-            if (rc == NN_OK && want_tgt)
-                rc = from_io(io_vocab_prune(&d->tgt, min_count, (int)vocab_size));
-            if (rc == NN_OK && want_labels) rc = from_io(io_vocab_prune(&d->labels, 1, 0));
-            if (rc == NN_OK && want_labels && d->labels.n < 2) {
-                nn_set_error("%s: need at least 2 distinct labels, found %d", train, d->labels.n);
-                rc = NN_ERR_DATA;
-            }
-        }
-        /* Encode the shards unless a stamp says they are current. */
-        char dir[4096], stamp[16384] = {0}, old[16384] = {0}, line[4600];
-        snprintf(dir, sizeof dir, "%s/data", out);
-        if (rc == NN_OK && io_mkdirs(dir) < 0) rc = from_io(-1);
-        if (rc == NN_OK) {
-            const char *paths[3] = {train, valid, test};
-            for (int i = 0; i < 3; i++) {
-                stamp_line(line, sizeof line, paths[i]);
-                strncat(stamp, line, sizeof stamp - strlen(stamp) - 1);
-            }
-            uint64_t h = 0xcbf29ce484222325ULL;
-            h = vocab_hash(&d->src, h);
-            h = vocab_hash(&d->tgt, h);
-            h = vocab_hash(&d->labels, h);
-            snprintf(line, sizeof line, "kind %d max-len %ld vocab %016llx format %d\n", d->kind,
-                     max_len, (unsigned long long)h, 1);
-            strncat(stamp, line, sizeof stamp - strlen(stamp) - 1);
-            char stamp_path[4200];
-            snprintf(stamp_path, sizeof stamp_path, "%s/stamp.txt", dir);
-            int fresh = read_small(stamp_path, old, sizeof old) >= 0 && strcmp(old, stamp) == 0;
-            const char *names[3] = {"train", "valid", "test"};
-            for (int i = 0; i < 3 && rc == NN_OK; i++) {
-                if (!paths[i] || !*paths[i]) continue;
-                char sp[4200];
-                if ((rc = shard_path(sp, sizeof sp, out, names[i])) < 0) break;
-                struct stat st;
-                if (fresh && stat(sp, &st) == 0) continue;
-                int ml = d->kind == IO_TEXT_PLAIN ? 0 : (int)max_len;
-                rc = from_io(io_shard_encode(paths[i], d->kind, &d->src, want_tgt ? &d->tgt : NULL,
-                                             want_labels ? &d->labels : NULL, ml, sp));
-            }
-            if (rc == NN_OK && !fresh)
-                rc = from_io(io_write_file_atomic(stamp_path, stamp, strlen(stamp)));
-        }
+        trainer_prep p = {d->kind, {train, valid, test}, out, vocab_size, min_count, max_len, 0};
+        rc = trainer_data_prepare(&p, vocab_from, n_vocab_from, &d->src, &d->tgt, &d->labels);
     }
     if ((rc = agree(c, rc)) < 0) return rc;
     if ((rc = bcast_vocab(c, &d->src)) < 0) return rc;

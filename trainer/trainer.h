@@ -97,6 +97,23 @@ typedef struct trainer_data {
     int max_len;
 } trainer_data;
 
+/* What a text data set is prepared from. */
+typedef struct trainer_prep {
+    int kind;              /* IO_TEXT_* */
+    const char *paths[3];  /* train, valid, test ("" or NULL: absent) */
+    const char *out;       /* run directory: results go to <out>/data */
+    long vocab_size, min_count, max_len;
+    int verbose;           /* print what is counted, encoded or reused */
+} trainer_prep;
+
+/* Not collective. Vocabularies and token shards of a text data set under <out>/data,
+ * reusing them when <out>/data/stamp.txt says they were made from the same sources (real
+ * path, size, mtime) and settings (and, when vocab_from is given, the same ids).
+ * vocab_from (resume): these vocabularies, moved into src/tgt/labels, instead of a
+ * counting pass. On success src/tgt/labels hold the vocabularies. */
+int trainer_data_prepare(const trainer_prep *p, io_vocab *vocab_from, int n_vocab_from,
+                         io_vocab *src, io_vocab *tgt, io_vocab *labels);
+
 /* Collective. Prepares vocabularies (from the checkpoint when vocab_from is non-NULL,
  * else rank 0 counts the training text) and shards under <out>/data (rank 0 encodes,
  * the others wait), then every rank maps them. Errors are agreed by all ranks. */
