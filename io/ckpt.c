@@ -9,15 +9,20 @@
  *   /metrics          1-D variable-length string dataset, one JSON object per element
  * Strings are variable-length UTF-8 so that h5py returns str, not bytes.
  *
- * Checksums (FNV-1a 64, io_fnv64_): every dataset carries a uint64 attribute "checksum" of
- * its elements in row-major order, each as its little-endian bytes in the stored type
- * (float32, int64); a variable-length string counts as its bytes and one NUL. The root
- * attribute "checksum" (with "checksum_algorithm" = "fnv1a64") covers, for every dataset
- * in H5Ovisit name order, its path, a NUL and its checksum (8 bytes little-endian), then
- * the nine /train attributes (8 bytes each, in the order of io_train_state) and the
- * /config pairs as key NUL value NUL in creation order. Reading verifies them all before
- * touching any buffer; files without a root checksum (written before checksums existed)
- * are read as before, verifying only the datasets that carry one.
+ * Checksums (FNV-1a 64, io_fnv64_), uint64 attributes:
+ *   /<dataset> "checksum"   its elements in row-major order, each as its little-endian
+ *                           bytes in the stored type (float32, int64); a variable-length
+ *                           string as its bytes and one NUL
+ *   / "config_checksum"     /config as key NUL value NUL in creation order, then the root
+ *                           attributes model and created (each with a NUL)
+ *   / "train_checksum"      the nine /train attributes, 8 bytes each, io_train_state order
+ *   / "checksum"            for every dataset in H5Ovisit name order its path, a NUL and
+ *                           its checksum (8 bytes), then config_checksum and train_checksum
+ *   / "checksum_algorithm"  "fnv1a64"
+ * Reading verifies them all before any buffer is written (names and shapes are checked
+ * first, so that a checkpoint of another shape is named as such). Files without a root
+ * checksum (written before checksums existed) are read as before, verifying only the
+ * datasets that carry one.
  * Files are written with HDF5's 1.8 format (superblock v2, object headers with their own
  * checksums), so HDF5 itself refuses damaged metadata; readers need HDF5 >= 1.8.
  *

@@ -112,6 +112,12 @@ void io_shard_close(io_shard *s); /* zero-safe, idempotent */
 #define IO_CKPT_CHECKSUM "fnv1a64"  /* root attribute checksum_algorithm */
 #define IO_MAX_DIMS 4
 
+/* Every function below that opens an existing checkpoint (read, peek, read_vocabs, info,
+ * verify, latest) first reads it in a forked child process, so that a damaged file that
+ * crashes or hangs the HDF5 library becomes an IO_ERR_FORMAT here ("reading it crashed the
+ * HDF5 library"); the child gives up after 60 s + 1 s per 20 MB
+ * (LOCKSTEP_CKPT_CHECK_TIMEOUT=<seconds> replaces the 60). peek and read_vocabs verify
+ * the strings they return (configuration, vocabularies); the others everything. */
 typedef struct io_tensor {
     const char *name;   /* slash path: dataset /params/<name> */
     size_t offset;      /* floats into the flat buffer */
@@ -155,10 +161,9 @@ typedef struct io_ckpt {
  * /train and /config (layout in ckpt.c). */
 int io_ckpt_write(const char *path, const io_ckpt *ck);
 /* Reads path into ck, whose tensors/params/slots describe what the model expects.
- * First verifies the checksums as io_ckpt_verify does (IO_ERR_FORMAT naming the damaged
- * dataset). Refuses (IO_ERR_SHAPE / IO_ERR_VERSION / IO_ERR_FORMAT) with io_error() naming
- * the first disagreement: format, version, model name, a missing or extra parameter, a
- * shape. Reads config, train state, vocabularies and metrics too.
+ * Refuses (IO_ERR_SHAPE / IO_ERR_VERSION / IO_ERR_FORMAT) with io_error() naming the
+ * first disagreement: format, version, a missing or extra parameter, a shape, then the
+ * checksums (as io_ckpt_verify: IO_ERR_FORMAT naming the damaged dataset), the model name. Reads config, train state, vocabularies and metrics too.
  * ck->model NULL accepts any model name. Each of ck->vocab_names must exist in the file
  * (IO_ERR_FORMAT otherwise) and is read into ck->vocabs[i] with ids in file order.
  * Every optimizer slot named in ck->slot_names must exist (IO_ERR_SHAPE otherwise).
