@@ -116,7 +116,8 @@ void io_shard_close(io_shard *s); /* zero-safe, idempotent */
  * verify, latest) first reads it in a forked child process, so that a damaged file that
  * crashes or hangs the HDF5 library becomes an IO_ERR_FORMAT here ("reading it crashed the
  * HDF5 library"); the child gives up after 60 s + 1 s per 20 MB
- * (LOCKSTEP_CKPT_CHECK_TIMEOUT=<seconds> replaces the 60). peek and read_vocabs verify
+ * (LOCKSTEP_CKPT_CHECK_TIMEOUT=<seconds> replaces the 60; LOCKSTEP_CKPT_GUARD=0 checks
+ * in this process instead, for debugging). peek and read_vocabs verify
  * the strings they return (configuration, vocabularies); the others everything. */
 typedef struct io_tensor {
     const char *name;   /* slash path: dataset /params/<name> */
