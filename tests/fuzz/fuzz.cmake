@@ -55,6 +55,10 @@ foreach(h ${LOCKSTEP_FUZZ_HARNESSES})
   else()
     add_executable(replay_${h} ${LOCKSTEP_FUZZ_DIR}/fuzz_${h}.c ${LOCKSTEP_FUZZ_DIR}/replay_main.c)
     target_link_libraries(replay_${h} PRIVATE lockstep)
+    if(LOCKSTEP_SANITIZE) # also when this file is included before the sanitizer options
+      target_compile_options(replay_${h} PRIVATE -fsanitize=address,undefined -fno-omit-frame-pointer)
+      target_link_options(replay_${h} PRIVATE -fsanitize=address,undefined)
+    endif()
     add_test(NAME fuzz_replay_${h} COMMAND replay_${h} ${inputs}
              WORKING_DIRECTORY ${CMAKE_BINARY_DIR})
     set_tests_properties(fuzz_replay_${h} PROPERTIES LABELS unit TIMEOUT 300)
