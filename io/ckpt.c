@@ -9,6 +9,23 @@
  *   /metrics          1-D variable-length string dataset, one JSON object per element
  * Strings are variable-length UTF-8 so that h5py returns str, not bytes.
  *
+ * Checksums (FNV-1a 64, io_fnv64_), uint64 attributes:
+ *   /<dataset> "checksum"   its elements in row-major order, each as its little-endian
+ *                           bytes in the stored type (float32, int64); a variable-length
+ *                           string as its bytes and one NUL
+ *   / "config_checksum"     /config as key NUL value NUL in creation order, then the root
+ *                           attributes model and created (each with a NUL)
+ *   / "train_checksum"      the nine /train attributes, 8 bytes each, io_train_state order
+ *   / "checksum"            for every dataset in H5Ovisit name order its path, a NUL and
+ *                           its checksum (8 bytes), then config_checksum and train_checksum
+ *   / "checksum_algorithm"  "fnv1a64"
+ * Reading verifies them all before any buffer is written (names and shapes are checked
+ * first, so that a checkpoint of another shape is named as such). Files without a root
+ * checksum (written before checksums existed) are read as before, verifying only the
+ * datasets that carry one.
+ * Files are written with HDF5's 1.8 format (superblock v2, object headers with their own
+ * checksums), so HDF5 itself refuses damaged metadata; readers need HDF5 >= 1.8.
+ *
  * Writes are atomic: <path>.tmp.<pid>, H5Fflush, H5Fclose, fsync, rename, fsync(dir); any
  * failure removes the temporary file. HDF5's own error stack printing is switched off;
  * every failure becomes one line in io_error().
@@ -28,7 +45,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,6 +90,16 @@ static int io_h5_attr_i64_(hid_t obj, const char *name, int64_t val) {
     return ok ? IO_OK : IO_ERR_WRITE;
 }
 
+static int io_h5_attr_u64_(hid_t obj, const char *name, uint64_t val) {
+    int ok = 0;
+    hid_t s = H5Screate(H5S_SCALAR), a = -1;
+    if (s >= 0) a = H5Acreate2(obj, name, H5T_STD_U64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+    if (a >= 0) ok = H5Awrite(a, H5T_NATIVE_UINT64, &val) >= 0;
+    if (a >= 0) H5Aclose(a);
+    if (s >= 0) H5Sclose(s);
+    return ok ? IO_OK : IO_ERR_WRITE;
+}
+
 static int io_h5_attr_f64_(hid_t obj, const char *name, double val) {
     int ok = 0;
     hid_t s = H5Screate(H5S_SCALAR), a = -1;
@@ -80,11 +110,26 @@ static int io_h5_attr_f64_(hid_t obj, const char *name, double val) {
     return ok ? IO_OK : IO_ERR_WRITE;
 }
 
+/* Opens attribute `name` of obj if it exists and holds exactly one element (so that
+ * reading it into one variable cannot overrun it); -1 otherwise. */
+static hid_t io_h5_attr_open_scalar_(hid_t obj, const char *name) {
+    if (H5Aexists(obj, name) <= 0) return -1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0) return -1;
+    hid_t s = H5Aget_space(a);
+    int one = s >= 0 && H5Sget_simple_extent_npoints(s) == 1;
+    if (s >= 0) H5Sclose(s);
+    if (!one) {
+        H5Aclose(a);
+        return -1;
+    }
+    return a;
+}
+
 /* Reads a scalar string attribute (fixed or variable length) into a malloc'ed string;
  * NULL if absent or not a string. */
 static char *io_h5_attr_read_str_(hid_t obj, const char *name) {
-    if (H5Aexists(obj, name) <= 0) return NULL;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t a = io_h5_attr_open_scalar_(obj, name);
     if (a < 0) return NULL;
     char *out = NULL;
     hid_t ft = H5Aget_type(a);
@@ -116,17 +161,26 @@ static char *io_h5_attr_read_str_(hid_t obj, const char *name) {
 }
 
 static int io_h5_attr_read_i64_(hid_t obj, const char *name, int64_t *v) {
-    if (H5Aexists(obj, name) <= 0) return 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t a = io_h5_attr_open_scalar_(obj, name);
     if (a < 0) return 0;
     int ok = H5Aread(a, H5T_NATIVE_INT64, v) >= 0;
     H5Aclose(a);
     return ok;
 }
 
+/* 1 and *v when obj has an integer attribute `name` (a scalar); 0 otherwise. */
+static int io_h5_attr_read_u64_(hid_t obj, const char *name, uint64_t *v) {
+    hid_t a = io_h5_attr_open_scalar_(obj, name);
+    if (a < 0) return 0;
+    hid_t t = H5Aget_type(a);
+    int ok = t >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Aread(a, H5T_NATIVE_UINT64, v) >= 0;
+    if (t >= 0) H5Tclose(t);
+    H5Aclose(a);
+    return ok;
+}
+
 static int io_h5_attr_read_f64_(hid_t obj, const char *name, double *v) {
-    if (H5Aexists(obj, name) <= 0) return 0;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t a = io_h5_attr_open_scalar_(obj, name);
     if (a < 0) return 0;
     int ok = H5Aread(a, H5T_NATIVE_DOUBLE, v) >= 0;
     H5Aclose(a);
@@ -181,6 +235,8 @@ static int io_h5_write_f32_(hid_t f, hid_t lcpl, const char *name, const io_tens
     if (s >= 0) d = H5Dcreate2(f, name, H5T_IEEE_F32LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (d >= 0) ok = io_tensor_count_(t) == 0 ||
                      H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
+    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_fnv64_(IO_FNV64_INIT, x,
+                                                          io_tensor_count_(t) * sizeof *x)) == IO_OK;
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
     return ok ? IO_OK : IO_ERR_WRITE;
@@ -193,6 +249,11 @@ static int io_h5_write_strs_(hid_t f, hid_t lcpl, const char *name, const char *
     hid_t t = io_h5_str_type_(), s = H5Screate_simple(1, &n, NULL), d = -1;
     if (t >= 0 && s >= 0) d = H5Dcreate2(f, name, t, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (d >= 0) ok = n == 0 || H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, strs) >= 0;
+    if (ok) {
+        uint64_t h = IO_FNV64_INIT;
+        for (hsize_t i = 0; i < n; i++) h = io_fnv64_(h, strs[i], strlen(strs[i]) + 1);
+        ok = io_h5_attr_u64_(d, "checksum", h) == IO_OK;
+    }
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
     if (t >= 0) H5Tclose(t);
@@ -205,6 +266,7 @@ static int io_h5_write_i64s_(hid_t f, hid_t lcpl, const char *name, const int64_
     hid_t s = H5Screate_simple(1, &n, NULL), d = -1;
     if (s >= 0) d = H5Dcreate2(f, name, H5T_STD_I64LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (d >= 0) ok = n == 0 || H5Dwrite(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
+    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_fnv64_(IO_FNV64_INIT, x, n * sizeof *x)) == IO_OK;
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
     return ok ? IO_OK : IO_ERR_WRITE;
@@ -350,14 +412,31 @@ done:
     return rc;
 }
 
+static int io_ckpt_write_sums_(hid_t f, const char *path);
+
+/* Adds the reason to io_error() when a write failed because of the disk (HDF5's own
+ * messages stay quiet): disk full, quota, I/O error, read-only file system, too large. */
+static void io_append_disk_errno_(void) {
+    int e = errno;
+    if (e != ENOSPC && e != EDQUOT && e != EIO && e != EROFS && e != EFBIG) return;
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", io_error());
+    if (!strstr(msg, strerror(e))) io_set_error("%s: %s", msg, strerror(e));
+}
+
 int io_ckpt_write(const char *path, const io_ckpt *ck) {
     io_h5_quiet_();
     char *tmp = io_tmp_name_(path);
     if (!tmp) { io_set_error("%s: out of memory", path); return IO_ERR_NOMEM; }
     int rc;
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    /* STRONG: closing the file closes anything left open, so H5Fclose really ends it. */
-    if (fapl >= 0) H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    /* STRONG: closing the file closes anything left open, so H5Fclose really ends it.
+     * 1.8 format: superblock v2 and object headers with HDF5's own metadata checksums. */
+    if (fapl >= 0) {
+        H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
+    }
+    errno = 0;
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl >= 0 ? fapl : H5P_DEFAULT);
     if (fapl >= 0) H5Pclose(fapl);
     if (f < 0) {
@@ -368,6 +447,7 @@ int io_ckpt_write(const char *path, const io_ckpt *ck) {
         return IO_ERR_OPEN;
     }
     rc = io_ckpt_fill_(f, path, ck);
+    if (rc == IO_OK) rc = io_ckpt_write_sums_(f, path);
     if (rc == IO_OK && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) {
         io_set_error("%s: H5Fflush failed", tmp);
         rc = IO_ERR_WRITE;
@@ -376,6 +456,7 @@ int io_ckpt_write(const char *path, const io_ckpt *ck) {
         io_set_error("%s: H5Fclose failed", tmp);
         rc = IO_ERR_WRITE;
     }
+    if (rc == IO_ERR_WRITE) io_append_disk_errno_();
     if (rc == IO_OK) rc = io_fsync_path_(tmp);
     if (rc == IO_OK && rename(tmp, path) != 0) {
         io_set_error("%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
@@ -389,8 +470,9 @@ int io_ckpt_write(const char *path, const io_ckpt *ck) {
 
 /* ---- reading ------------------------------------------------------------------------ */
 
-/* Opens path read-only as a lockstep checkpoint: checks format and version. */
-static hid_t io_ckpt_open_(const char *path, int *rc) {
+/* Opens path read-only as a lockstep checkpoint: checks format and version. Unguarded:
+ * see io_ckpt_open_. */
+static hid_t io_ckpt_open_raw_(const char *path, int *rc) {
     io_h5_quiet_();
     struct stat st;
     if (stat(path, &st) != 0) {
@@ -657,22 +739,469 @@ static int io_ckpt_read_vocab_(hid_t f, const char *path, const char *vname, io_
     return rc;
 }
 
+/* ---- checksums -------------------------------------------------------------------------- */
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoint checksums hash native little-endian element bytes"
+#endif
+
+#define IO_SUM_BLOCK (1 << 22) /* bytes of a dataset hashed per read */
+
+enum {
+    IO_SUM_FOLD = 0,    /* writer: fold the stored dataset checksums into the root's */
+    IO_SUM_FULL = 1,    /* read every dataset, compare with its checksum where present */
+    IO_SUM_STRINGS = 2  /* read only string datasets (a probe for peek, info, vocabs) */
+};
+
+static uint64_t io_fnv_u64le_(uint64_t h, uint64_t x) {
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(x >> (8 * i));
+    return io_fnv64_(h, b, 8);
+}
+
+/* Checksum of dataset d (`name`, for messages) into *sum: elements in row-major order,
+ * read in blocks of rows along the first dimension so memory stays bounded. Numbers are
+ * read in the native type matching the stored one (the same bytes on this little-endian
+ * host); variable-length strings as their bytes and a NUL. */
+static int io_h5_dataset_sum_(hid_t d, const char *path, const char *name, uint64_t *sum) {
+    hid_t s = H5Dget_space(d), ft = H5Dget_type(d), mt = -1, ms = -1;
+    char *buf = NULL;
+    int rc = IO_ERR_FORMAT;
+    uint64_t h = IO_FNV64_INIT;
+    hsize_t dims[H5S_MAX_RANK];
+    int nd = s >= 0 ? H5Sget_simple_extent_ndims(s) : -1;
+    hssize_t np = s >= 0 ? H5Sget_simple_extent_npoints(s) : -1;
+    int vstr = ft >= 0 && H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) > 0;
+    int num = ft >= 0 && (H5Tget_class(ft) == H5T_INTEGER || H5Tget_class(ft) == H5T_FLOAT);
+    if (nd < 0 || nd > H5S_MAX_RANK || np < 0 || H5Sget_simple_extent_dims(s, dims, NULL) < 0) {
+        io_set_error("%s: cannot read the extent of /%s (corrupted)", path, name);
+        goto done;
+    }
+    if (!vstr && !num) {
+        io_set_error("%s: /%s is neither numbers nor variable-length strings", path, name);
+        goto done;
+    }
+    mt = vstr ? io_h5_str_type_() : H5Tget_native_type(ft, H5T_DIR_ASCEND);
+    size_t esize = mt >= 0 ? H5Tget_size(mt) : 0;
+    if (esize == 0 || (num && esize != H5Tget_size(ft))) {
+        io_set_error("%s: /%s has an unsupported element type", path, name);
+        goto done;
+    }
+    if (np == 0) {
+        rc = IO_OK;
+        goto done;
+    }
+    hsize_t rows = nd > 0 ? dims[0] : 1, row = 1;
+    for (int i = 1; i < nd; i++) row *= dims[i];
+    hsize_t per = IO_SUM_BLOCK / (row * esize);
+    if (per < 1) per = 1;
+    if (per > rows) per = rows;
+    buf = malloc((size_t)(per * row) * esize);
+    if (!buf) {
+        io_set_error("%s: out of memory checking /%s", path, name);
+        rc = IO_ERR_NOMEM;
+        goto done;
+    }
+    for (hsize_t r = 0; r < rows; r += per) {
+        hsize_t k = rows - r < per ? rows - r : per, cnt = k * row;
+        hsize_t start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
+        for (int i = 0; i < nd; i++) count[i] = dims[i];
+        start[0] = r;
+        count[0] = k;
+        if (ms >= 0) H5Sclose(ms);
+        ms = H5Screate_simple(1, &cnt, NULL);
+        int ok = ms >= 0 && (nd == 0 || H5Sselect_hyperslab(s, H5S_SELECT_SET, start, NULL,
+                                                             count, NULL) >= 0);
+        if (ok) ok = H5Dread(d, mt, nd == 0 ? H5S_ALL : ms, nd == 0 ? H5S_ALL : s, H5P_DEFAULT,
+                             buf) >= 0;
+        if (!ok) {
+            io_set_error("%s: cannot read /%s (damaged or truncated)", path, name);
+            rc = IO_ERR_READ;
+            goto done;
+        }
+        if (num) {
+            h = io_fnv64_(h, buf, (size_t)cnt * esize);
+        } else {
+            char **str = (char **)(void *)buf;
+            for (hsize_t i = 0; i < cnt; i++)
+                h = io_fnv64_(h, str[i] ? str[i] : "", (str[i] ? strlen(str[i]) : 0) + 1);
+            H5Dvlen_reclaim(mt, ms, H5P_DEFAULT, buf);
+        }
+    }
+    rc = IO_OK;
+done:
+    if (rc == IO_OK) *sum = h;
+    free(buf);
+    if (ms >= 0) H5Sclose(ms);
+    if (mt >= 0) H5Tclose(mt);
+    if (ft >= 0) H5Tclose(ft);
+    if (s >= 0) H5Sclose(s);
+    return rc;
+}
+
+typedef struct io_verify_ {
+    const char *path;
+    uint64_t fsize;   /* bytes in the file: no dataset can hold more */
+    int mode;         /* IO_SUM_* */
+    int need;         /* every dataset must carry a checksum (root checksum present) */
+    uint64_t root;    /* running root checksum */
+    int64_t n_checked;
+    int rc;           /* first failure; the walk goes on (a probe reads everything) */
+    char msg[1024];
+} io_verify_;
+
+static void io_verify_fail_(io_verify_ *v, int rc) {
+    if (v->rc != IO_OK) return;
+    v->rc = rc;
+    snprintf(v->msg, sizeof v->msg, "%s", io_error());
+}
+
+static herr_t io_verify_visit_(hid_t obj, const char *name, const H5O_info_t *info, void *op) {
+    io_verify_ *v = op;
+    if (info->type != H5O_TYPE_DATASET) return 0;
+    hid_t d = H5Dopen2(obj, name, H5P_DEFAULT);
+    if (d < 0) {
+        io_set_error("%s: cannot open dataset /%s (corrupted)", v->path, name);
+        io_verify_fail_(v, IO_ERR_FORMAT);
+        return 0;
+    }
+    uint64_t want = 0, have = 0;
+    int has = io_h5_attr_read_u64_(d, "checksum", &want);
+    hid_t s = H5Dget_space(d), t = H5Dget_type(d);
+    hssize_t np = s >= 0 ? H5Sget_simple_extent_npoints(s) : -1;
+    size_t es = t >= 0 ? H5Tget_size(t) : 0;
+    int vstr = t >= 0 && H5Tget_class(t) == H5T_STRING && H5Tis_variable_str(t) > 0;
+    if (t >= 0) H5Tclose(t);
+    if (s >= 0) H5Sclose(s);
+    if (v->mode != IO_SUM_FOLD && (np < 0 || es == 0 || (uint64_t)np > v->fsize / es)) {
+        io_set_error("%s: /%s claims more data than the %llu-byte file holds (corrupted)",
+                     v->path, name, (unsigned long long)v->fsize);
+        io_verify_fail_(v, IO_ERR_FORMAT);
+    } else if (!has && H5Aexists(d, "checksum") > 0) {
+        io_set_error("%s: /%s has a malformed checksum attribute (corrupted)", v->path, name);
+        io_verify_fail_(v, IO_ERR_FORMAT);
+    } else if (!has && v->need && (v->mode == IO_SUM_FULL || (v->mode == IO_SUM_STRINGS && vstr))) {
+        io_set_error("%s: /%s has no checksum although the file has one (altered)", v->path,
+                     name);
+        io_verify_fail_(v, IO_ERR_FORMAT);
+    }
+    if (v->mode == IO_SUM_FULL || (v->mode == IO_SUM_STRINGS && vstr)) {
+        int rc = io_h5_dataset_sum_(d, v->path, name, &have);
+        if (rc != IO_OK) {
+            io_verify_fail_(v, rc);
+        } else if (has && have != want) {
+            io_set_error("%s: /%s has checksum %016llx, expected %016llx (corrupted)", v->path,
+                         name, (unsigned long long)have, (unsigned long long)want);
+            io_verify_fail_(v, IO_ERR_FORMAT);
+        }
+        v->n_checked += has;
+    }
+    H5Dclose(d);
+    v->root = io_fnv64_(v->root, name, strlen(name) + 1);
+    v->root = io_fnv_u64le_(v->root, want);
+    return 0;
+}
+
+/* Checksum of the nine /train attributes (8 bytes each, io_train_state order). */
+static int io_ckpt_train_sum_(hid_t f, const char *path, uint64_t *out) {
+    static const char *const ints[] = {"step", "epoch", "tokens_seen", "examples_seen",
+                                       "world_size", "data_pos", NULL, "best_step", "bad_evals"};
+    hid_t g = io_h5_exists_(f, "/train") ? H5Gopen2(f, "/train", H5P_DEFAULT) : -1;
+    int ok = g >= 0;
+    uint64_t h = IO_FNV64_INIT;
+    for (int i = 0; ok && i < 9; i++) {
+        uint64_t x = 0;
+        if (ints[i]) {
+            int64_t v = 0;
+            ok = io_h5_attr_read_i64_(g, ints[i], &v);
+            x = (uint64_t)v;
+        } else {
+            double v = 0;
+            ok = io_h5_attr_read_f64_(g, "best_metric", &v);
+            memcpy(&x, &v, sizeof x);
+        }
+        h = io_fnv_u64le_(h, x);
+    }
+    if (g >= 0) H5Gclose(g);
+    if (!ok) {
+        io_set_error("%s: /train is missing or lacks one of its attributes", path);
+        return IO_ERR_FORMAT;
+    }
+    *out = h;
+    return IO_OK;
+}
+
+/* Checksum of the strings read before parameters: /config (key NUL value NUL, creation
+ * order), then the root attributes model and created (each with a NUL). */
+static int io_ckpt_config_sum_(hid_t f, const char *path, uint64_t *out) {
+    int n = 0;
+    char **keys = NULL, **vals = NULL;
+    int rc = io_ckpt_read_config_(f, path, &n, &keys, &vals);
+    if (rc != IO_OK) return rc;
+    uint64_t h = IO_FNV64_INIT;
+    for (int i = 0; i < n; i++) {
+        h = io_fnv64_(h, keys[i], strlen(keys[i]) + 1);
+        h = io_fnv64_(h, vals[i], strlen(vals[i]) + 1);
+    }
+    io_free_strs_(keys, (size_t)n);
+    io_free_strs_(vals, (size_t)n);
+    const char *names[2] = {"model", "created"};
+    for (int i = 0; i < 2; i++) {
+        char *v = io_h5_attr_read_str_(f, names[i]);
+        if (!v) {
+            io_set_error("%s: root attribute %s is missing", path, names[i]);
+            return IO_ERR_FORMAT;
+        }
+        h = io_fnv64_(h, v, strlen(v) + 1);
+        free(v);
+    }
+    *out = h;
+    return IO_OK;
+}
+
+/* Walks every dataset of the open file f in mode (IO_SUM_*): *root is the fold of the
+ * datasets' (path, checksum) pairs. First failure in io_error(). */
+static int io_ckpt_sum_(hid_t f, const char *path, int mode, int need, uint64_t *root,
+                        int64_t *n_checked) {
+    hsize_t fsize = 0;
+    if (H5Fget_filesize(f, &fsize) < 0) {
+        io_set_error("%s: cannot get the file size", path);
+        return IO_ERR_READ;
+    }
+    io_verify_ v = {.path = path, .fsize = fsize, .mode = mode, .need = need,
+                    .root = IO_FNV64_INIT};
+    if (H5Ovisit(f, H5_INDEX_NAME, H5_ITER_INC, io_verify_visit_, &v) < 0) {
+        io_set_error("%s: cannot walk the file's objects (corrupted)", path);
+        io_verify_fail_(&v, IO_ERR_FORMAT);
+    }
+    if (n_checked) *n_checked = v.n_checked;
+    if (v.rc != IO_OK) {
+        io_set_error("%s", v.msg);
+        return v.rc;
+    }
+    *root = v.root;
+    return IO_OK;
+}
+
+/* Computes and writes the root attributes checksum, config_checksum, train_checksum and
+ * checksum_algorithm of the open file f (the writer, after everything else). */
+static int io_ckpt_write_sums_(hid_t f, const char *path) {
+    uint64_t root = 0, cs = 0, ts = 0;
+    int rc = io_ckpt_sum_(f, path, IO_SUM_FOLD, 1, &root, NULL);
+    if (rc == IO_OK) rc = io_ckpt_config_sum_(f, path, &cs);
+    if (rc == IO_OK) rc = io_ckpt_train_sum_(f, path, &ts);
+    if (rc != IO_OK) return rc;
+    root = io_fnv_u64le_(io_fnv_u64le_(root, cs), ts);
+    if (io_h5_attr_u64_(f, "config_checksum", cs) != IO_OK ||
+        io_h5_attr_u64_(f, "train_checksum", ts) != IO_OK ||
+        io_h5_attr_u64_(f, "checksum", root) != IO_OK ||
+        io_h5_attr_str_(f, "checksum_algorithm", IO_CKPT_CHECKSUM) != IO_OK) {
+        io_set_error("%s: cannot write the root checksums", path);
+        return IO_ERR_WRITE;
+    }
+    return IO_OK;
+}
+
+static int io_sum_mismatch_(const char *path, const char *what, uint64_t have, uint64_t want) {
+    io_set_error("%s: %s has checksum %016llx, expected %016llx (corrupted)", path, what,
+                 (unsigned long long)have, (unsigned long long)want);
+    return IO_ERR_FORMAT;
+}
+
+/* Verifies the checksums of the open checkpoint f (see the top of this file). Mode
+ * IO_SUM_FULL: everything. IO_SUM_STRINGS: what io_ckpt_peek and io_ckpt_read_vocabs
+ * read: the string datasets and the configuration (not the root's fold). */
+static int io_ckpt_verify_(hid_t f, const char *path, int mode, int64_t *n_checked,
+                           int *has_root) {
+    uint64_t want = 0, want_c = 0, want_t = 0, have = 0, have_c = 0, have_t = 0;
+    int need = io_h5_attr_read_u64_(f, "checksum", &want);
+    if (has_root) *has_root = need;
+    if (!need && H5Aexists(f, "checksum") > 0) {
+        io_set_error("%s: root attribute checksum is malformed (corrupted)", path);
+        return IO_ERR_FORMAT;
+    }
+    if (need && (!io_h5_attr_read_u64_(f, "config_checksum", &want_c) ||
+                 !io_h5_attr_read_u64_(f, "train_checksum", &want_t))) {
+        io_set_error("%s: root attributes config_checksum or train_checksum are missing "
+                     "(corrupted)", path);
+        return IO_ERR_FORMAT;
+    }
+    if (need) {
+        char *alg = io_h5_attr_read_str_(f, "checksum_algorithm");
+        int known = alg && strcmp(alg, IO_CKPT_CHECKSUM) == 0;
+        if (!known)
+            io_set_error("%s: checksum algorithm \"%s\", this build knows \"%s\"", path,
+                         alg ? alg : "(missing)", IO_CKPT_CHECKSUM);
+        free(alg);
+        if (!known) return IO_ERR_VERSION;
+    }
+    /* strings first: the configuration and root strings are read by everyone */
+    int rc = io_ckpt_config_sum_(f, path, &have_c);
+    if (rc == IO_OK && need && have_c != want_c)
+        rc = io_sum_mismatch_(path, "/config (with the root attributes model, created)", have_c,
+                              want_c);
+    if (rc == IO_OK) rc = io_ckpt_sum_(f, path, mode, need, &have, n_checked);
+    if (rc != IO_OK || mode == IO_SUM_STRINGS || !need) return rc;
+    if ((rc = io_ckpt_train_sum_(f, path, &have_t)) != IO_OK) return rc;
+    if (have_t != want_t) return io_sum_mismatch_(path, "/train", have_t, want_t);
+    have = io_fnv_u64le_(io_fnv_u64le_(have, have_c), have_t);
+    if (have != want)
+        return io_sum_mismatch_(path, "the root (over every dataset's checksum)", have, want);
+    return IO_OK;
+}
+
+/* ---- opening under a guard ---------------------------------------------------------------
+ * HDF5 trusts parts of a file that carry no checksum of its own (the global heap that
+ * holds every variable-length string, raw data addresses): a damaged byte there can make
+ * the library read out of bounds and crash the process (seen with 1.10.8 in
+ * test_ckpt_checksum's byte-flip sweep). So a checkpoint is first opened and read in a
+ * forked child: a crash or a hang there becomes an error here. The child also does the
+ * checksum verification (IO_SUM_FULL) or a probe of the strings (IO_SUM_STRINGS) and
+ * reports the outcome through a pipe. The child ends with _exit, so no HDF5 or atexit
+ * handler of the parent runs twice. If fork fails, or LOCKSTEP_CKPT_GUARD=0 (debugging,
+ * fuzzing files HDF5 wrote itself), the checks run in this process. */
+
+typedef struct io_probe_ {
+    int open_rc;      /* format and version checks, or the child's crash */
+    int verify_rc;    /* checksums (IO_SUM_FULL) */
+    int has_root;
+    int64_t n_checked;
+    char open_msg[1024], verify_msg[1024];
+} io_probe_;
+
+static void io_probe_run_(const char *path, int mode, io_probe_ *pr) {
+    memset(pr, 0, sizeof *pr);
+    hid_t f = io_ckpt_open_raw_(path, &pr->open_rc);
+    if (f < 0) {
+        snprintf(pr->open_msg, sizeof pr->open_msg, "%s", io_error());
+        return;
+    }
+    pr->verify_rc = io_ckpt_verify_(f, path, mode, &pr->n_checked, &pr->has_root);
+    if (pr->verify_rc != IO_OK) snprintf(pr->verify_msg, sizeof pr->verify_msg, "%s", io_error());
+    H5Fclose(f);
+}
+
+/* Milliseconds a child may take to read a file of `bytes`: generous (slow disks, big
+ * files), 60 s + 1 s per 20 MB; LOCKSTEP_CKPT_CHECK_TIMEOUT=<seconds> replaces the 60. */
+static int io_probe_timeout_ms_(off_t bytes) {
+    const char *env = getenv("LOCKSTEP_CKPT_CHECK_TIMEOUT");
+    double base = env && atof(env) > 0 ? atof(env) : 60.0;
+    double s = base + (double)bytes / 20e6;
+    return s > 2e6 ? 2000000000 : (int)(s * 1000.0);
+}
+
+static void io_probe_guarded_(const char *path, int mode, off_t bytes, io_probe_ *pr) {
+    int fds[2];
+    pid_t pid = -1;
+    const char *guard = getenv("LOCKSTEP_CKPT_GUARD");
+    if (guard && strcmp(guard, "0") == 0) { /* asked to check in this process */
+        io_probe_run_(path, mode, pr);
+        return;
+    }
+    if (pipe(fds) == 0) {
+        fflush(NULL);
+        pid = fork();
+        if (pid < 0) {
+            close(fds[0]);
+            close(fds[1]);
+        }
+    }
+    if (pid < 0) { /* no child: check in this process, unguarded */
+        io_probe_run_(path, mode, pr);
+        return;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        io_probe_run_(path, mode, pr);
+        ssize_t w = write(fds[1], pr, sizeof *pr);
+        _exit(w == (ssize_t)sizeof *pr ? 0 : 1);
+    }
+    close(fds[1]);
+    memset(pr, 0, sizeof *pr);
+    size_t got = 0;
+    int timed_out = 0;
+    struct pollfd pf = {.fd = fds[0], .events = POLLIN};
+    while (got < sizeof *pr) {
+        int r = poll(&pf, 1, io_probe_timeout_ms_(bytes));
+        if (r < 0 && errno == EINTR) continue;
+        if (r == 0) { timed_out = 1; break; }
+        if (r < 0) break;
+        ssize_t n = read(fds[0], (char *)pr + got, sizeof *pr - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(fds[0]);
+    if (timed_out) kill(pid, SIGKILL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (got == sizeof *pr && WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
+    memset(pr, 0, sizeof *pr);
+    pr->open_rc = IO_ERR_FORMAT;
+    if (timed_out)
+        snprintf(pr->open_msg, sizeof pr->open_msg,
+                 "%s: reading it did not finish in %d s (damaged file?)", path,
+                 io_probe_timeout_ms_(bytes) / 1000);
+    else if (WIFSIGNALED(status))
+        snprintf(pr->open_msg, sizeof pr->open_msg,
+                 "%s: reading it crashed the HDF5 library (signal %d): the file is damaged",
+                 path, WTERMSIG(status));
+    else
+        snprintf(pr->open_msg, sizeof pr->open_msg, "%s: the checking process failed", path);
+}
+
+/* Opens path as a lockstep checkpoint after a guarded probe in mode (IO_SUM_FULL or
+ * IO_SUM_STRINGS). A checksum failure refuses the file, unless defer and the file was
+ * only altered (a dataset replaced by a tool, without a checksum): then the outcome is
+ * left in *pr for the caller to report after its own checks (so that a checkpoint of
+ * another shape is named as such). */
+static hid_t io_ckpt_open_(const char *path, int *rc, int mode, int defer, io_probe_ *pr) {
+    io_h5_quiet_();
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        io_set_error("%s: no such checkpoint: %s", path, strerror(errno));
+        *rc = IO_ERR_NOTFOUND;
+        return -1;
+    }
+    io_probe_guarded_(path, mode, st.st_size, pr);
+    if (pr->open_rc != IO_OK) {
+        io_set_error("%s", pr->open_msg);
+        *rc = pr->open_rc;
+        return -1;
+    }
+    /* Deferred only when the file was altered by a tool (a dataset without a checksum),
+     * never when bytes are damaged: then this process does not open it at all. */
+    int altered = strstr(pr->verify_msg, "checksum although the file has one (altered)") != NULL;
+    if (pr->verify_rc != IO_OK && (!defer || !altered)) {
+        io_set_error("%s", pr->verify_msg);
+        *rc = pr->verify_rc;
+        return -1;
+    }
+    return io_ckpt_open_raw_(path, rc);
+}
+
+int io_ckpt_verify(const char *path) {
+    int rc;
+    io_probe_ pr;
+    hid_t f = io_ckpt_open_(path, &rc, IO_SUM_FULL, 0, &pr);
+    if (f < 0) return rc;
+    H5Fclose(f);
+    io_clear_error_();
+    return IO_OK;
+}
+
 int io_ckpt_read(const char *path, io_ckpt *ck) {
     int rc;
     char *model = NULL, *pname = NULL;
     ck->n_config = 0;
     ck->config_keys = ck->config_vals = NULL;
     ck->metrics_read = NULL;
-    hid_t f = io_ckpt_open_(path, &rc);
+    io_probe_ pr;
+    hid_t f = io_ckpt_open_(path, &rc, IO_SUM_FULL, 1, &pr);
     if (f < 0) return rc;
 
-    model = io_h5_attr_read_str_(f, "model");
-    if (!model || (ck->model && strcmp(model, ck->model) != 0)) {
-        io_set_error("%s: checkpoint is of model \"%s\", expected \"%s\"", path,
-                     model ? model : "(missing)", ck->model ? ck->model : "");
-        rc = IO_ERR_SHAPE;
-        goto done;
-    }
+    /* Names and shapes come first: they live in object headers, which HDF5 checksums
+     * itself, so they are safe to read before the strings are known to be intact. */
     /* 1. every expected tensor (and optimizer slot) exists with the exact shape */
     for (int i = 0; i < ck->n_tensors; i++) {
         const io_tensor *t = &ck->tensors[i];
@@ -698,7 +1227,7 @@ int io_ckpt_read(const char *path, io_ckpt *ck) {
             char hs[128];
             io_fmt_shape_(hs, sizeof hs, vis.ndim, vis.dims);
             io_set_error("%s: unexpected parameter /params/%s with shape %s, not in model \"%s\"",
-                         path, vis.extra, hs, model);
+                         path, vis.extra, hs, ck->model ? ck->model : "(any)");
             free(vis.extra);
             rc = IO_ERR_SHAPE;
             goto done;
@@ -716,7 +1245,21 @@ int io_ckpt_read(const char *path, io_ckpt *ck) {
             rc = io_ckpt_check_(f, path, pname, &ck->tensors[i], "optimizer slot");
             if (rc != IO_OK) goto done;
         }
-    /* 3. train state */
+    /* 3. checksums (verified by the probe), before anything is allocated or written; after
+     * the names and shapes so that a disagreeing checkpoint is named as such */
+    if (pr.verify_rc != IO_OK) {
+        io_set_error("%s", pr.verify_msg);
+        rc = pr.verify_rc;
+        goto done;
+    }
+    model = io_h5_attr_read_str_(f, "model");
+    if (!model || (ck->model && strcmp(model, ck->model) != 0)) {
+        io_set_error("%s: checkpoint is of model \"%s\", expected \"%s\"", path,
+                     model ? model : "(missing)", ck->model ? ck->model : "");
+        rc = IO_ERR_SHAPE;
+        goto done;
+    }
+    /* 4. train state */
     hid_t g = H5Gopen2(f, "/train", H5P_DEFAULT);
     io_train_state ts = {0};
     int ok = g >= 0 && io_h5_attr_read_i64_(g, "step", &ts.step) &&
@@ -734,7 +1277,7 @@ int io_ckpt_read(const char *path, io_ckpt *ck) {
         rc = IO_ERR_FORMAT;
         goto done;
     }
-    /* 4. configuration, vocabularies, metrics (allocations undone on failure) */
+    /* 5. configuration, vocabularies, metrics (allocations undone on failure) */
     if ((rc = io_ckpt_read_config_(f, path, &ck->n_config, &ck->config_keys,
                                    &ck->config_vals)) != IO_OK)
         goto done;
@@ -765,7 +1308,7 @@ int io_ckpt_read(const char *path, io_ckpt *ck) {
         }
         io_free_strs_(lines, nl);
     }
-    /* 5. the numbers themselves */
+    /* 6. the numbers themselves */
     for (int i = 0; i < ck->n_tensors; i++) {
         const io_tensor *t = &ck->tensors[i];
         size_t cnt = io_tensor_count_(t);
@@ -813,7 +1356,8 @@ void io_ckpt_release(io_ckpt *ck) {
 int io_ckpt_peek(const char *path, char **model, int *n_config, char ***keys, char ***vals) {
     int rc;
     *model = NULL;
-    hid_t f = io_ckpt_open_(path, &rc);
+    io_probe_ pr;
+    hid_t f = io_ckpt_open_(path, &rc, IO_SUM_STRINGS, 0, &pr);
     if (f < 0) return rc;
     *model = io_h5_attr_read_str_(f, "model");
     if (!*model) {
@@ -828,6 +1372,14 @@ int io_ckpt_peek(const char *path, char **model, int *n_config, char ***keys, ch
 }
 
 /* ---- info ----------------------------------------------------------------------------- */
+
+/* The reason in io_error() without a leading "<p>: " (the warning names p itself). */
+static const char *io_reason_(const char *p) {
+    const char *e = io_error();
+    size_t n = strlen(p);
+    if (strncmp(e, p, n) == 0 && e[n] == ':' && e[n + 1] == ' ') return e + n + 2;
+    return e;
+}
 
 typedef struct io_info_ { FILE *out; int64_t n_params, n_tensors, bytes; } io_info_;
 
@@ -858,7 +1410,8 @@ static herr_t io_info_visit_(hid_t obj, const char *name, const H5O_info_t *info
 int io_ckpt_info(const char *path, void *file) {
     FILE *out = file;
     int rc;
-    hid_t f = io_ckpt_open_(path, &rc);
+    io_probe_ pr;
+    hid_t f = io_ckpt_open_(path, &rc, IO_SUM_FULL, 0, &pr);
     if (f < 0) return rc;
     char *model = io_h5_attr_read_str_(f, "model");
     char *created = io_h5_attr_read_str_(f, "created");
@@ -969,6 +1522,12 @@ int io_ckpt_info(const char *path, void *file) {
         }
     }
 
+    if (pr.has_root)
+        fprintf(out, "checksums: verified (%" PRId64 " datasets, %s)\n", pr.n_checked,
+                IO_CKPT_CHECKSUM);
+    else
+        fprintf(out, "checksums: none (written before checksums existed)\n");
+
     /* configuration as given */
     int nc = 0;
     char **keys = NULL, **vals = NULL;
@@ -1057,30 +1616,35 @@ int io_ckpt_latest(const char *dir, char *out, size_t outlen) {
     if (rc != IO_OK) return rc;
     io_h5_quiet_();
     rc = IO_ERR_NOTFOUND;
-    io_set_error("%s: no complete checkpoint (ckpt_<step>.h5)", dir);
+    size_t skipped = 0;
     for (size_t i = 0; i < n && rc == IO_ERR_NOTFOUND; i++) {
         char *p = io_join_(dir, e[i].name, NULL);
         if (!p) { rc = IO_ERR_NOMEM; break; }
-        hid_t f = H5Fopen(p, H5F_ACC_RDONLY, H5P_DEFAULT);
-        if (f >= 0) {
-            char *fmt = io_h5_attr_read_str_(f, "format");
-            if (fmt && strcmp(fmt, IO_CKPT_FORMAT) == 0) {
-                if (strlen(p) + 1 > outlen) {
-                    io_set_error("%s: path longer than the %zu-byte buffer", p, outlen);
-                    rc = IO_ERR_NOMEM;
-                } else {
-                    memcpy(out, p, strlen(p) + 1);
-                    rc = IO_OK;
-                }
-            }
-            free(fmt);
-            H5Fclose(f);
+        int vrc;
+        io_probe_ pr;
+        hid_t f = io_ckpt_open_(p, &vrc, IO_SUM_FULL, 0, &pr);
+        if (f >= 0) H5Fclose(f);
+        if (vrc != IO_OK) {
+            fprintf(stderr, "lockstep: warning: skipping corrupted checkpoint %s: %s\n", p,
+                    io_reason_(p));
+            skipped++;
+        } else if (strlen(p) + 1 > outlen) {
+            io_set_error("%s: path longer than the %zu-byte buffer", p, outlen);
+            rc = IO_ERR_NOMEM;
+        } else {
+            memcpy(out, p, strlen(p) + 1);
+            rc = IO_OK;
         }
         free(p);
     }
     for (size_t i = 0; i < n; i++) free(e[i].name);
     free(e);
     if (rc == IO_OK) io_clear_error_();
+    else if (rc == IO_ERR_NOTFOUND && skipped)
+        io_set_error("%s: no complete checkpoint (ckpt_<step>.h5): %zu corrupted one%s skipped",
+                     dir, skipped, skipped == 1 ? "" : "s");
+    else if (rc == IO_ERR_NOTFOUND)
+        io_set_error("%s: no complete checkpoint (ckpt_<step>.h5)", dir);
     return rc;
 }
 
@@ -1113,7 +1677,8 @@ int io_ckpt_prune(const char *dir, int keep) {
 
 int io_ckpt_read_vocabs(const char *path, int n, const char *const *names, io_vocab *out) {
     int rc;
-    hid_t f = io_ckpt_open_(path, &rc);
+    io_probe_ pr;
+    hid_t f = io_ckpt_open_(path, &rc, IO_SUM_STRINGS, 0, &pr);
     if (f < 0) return rc;
     int i;
     for (i = 0; i < n && rc == IO_OK; i++) rc = io_ckpt_read_vocab_(f, path, names[i], &out[i]);

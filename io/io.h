@@ -109,8 +109,16 @@ void io_shard_close(io_shard *s); /* zero-safe, idempotent */
 /* ---- checkpoints (HDF5) ------------------------------------------------------------- */
 #define IO_CKPT_FORMAT "lockstep-checkpoint"
 #define IO_CKPT_VERSION 1
+#define IO_CKPT_CHECKSUM "fnv1a64"  /* root attribute checksum_algorithm */
 #define IO_MAX_DIMS 4
 
+/* Every function below that opens an existing checkpoint (read, peek, read_vocabs, info,
+ * verify, latest) first reads it in a forked child process, so that a damaged file that
+ * crashes or hangs the HDF5 library becomes an IO_ERR_FORMAT here ("reading it crashed the
+ * HDF5 library"); the child gives up after 60 s + 1 s per 20 MB
+ * (LOCKSTEP_CKPT_CHECK_TIMEOUT=<seconds> replaces the 60; LOCKSTEP_CKPT_GUARD=0 checks
+ * in this process instead, for debugging). peek and read_vocabs verify
+ * the strings they return (configuration, vocabularies); the others everything. */
 typedef struct io_tensor {
     const char *name;   /* slash path: dataset /params/<name> */
     size_t offset;      /* floats into the flat buffer */
@@ -148,12 +156,15 @@ typedef struct io_ckpt {
 } io_ckpt;
 
 /* Writes ck to path atomically (path.tmp.<pid>, flush, fsync, rename, fsync dir). On any
- * failure the temporary file is removed and nothing under path changes. */
+ * failure the temporary file is removed and nothing under path changes; a full disk or
+ * another disk error is named in io_error(). Every dataset gets a uint64 attribute
+ * "checksum" (FNV-1a 64 of its elements) and the root a "checksum" over all of them,
+ * /train and /config (layout in ckpt.c). */
 int io_ckpt_write(const char *path, const io_ckpt *ck);
 /* Reads path into ck, whose tensors/params/slots describe what the model expects.
  * Refuses (IO_ERR_SHAPE / IO_ERR_VERSION / IO_ERR_FORMAT) with io_error() naming the
- * first disagreement: format, version, model name, a missing or extra parameter, a
- * shape. Reads config, train state, vocabularies and metrics too.
+ * first disagreement: format, version, a missing or extra parameter, a shape, then the
+ * checksums (as io_ckpt_verify: IO_ERR_FORMAT naming the damaged dataset), the model name. Reads config, train state, vocabularies and metrics too.
  * ck->model NULL accepts any model name. Each of ck->vocab_names must exist in the file
  * (IO_ERR_FORMAT otherwise) and is read into ck->vocabs[i] with ids in file order.
  * Every optimizer slot named in ck->slot_names must exist (IO_ERR_SHAPE otherwise).
@@ -161,6 +172,14 @@ int io_ckpt_write(const char *path, const io_ckpt *ck);
  * allocated (config, vocabularies, metrics). */
 int io_ckpt_read(const char *path, io_ckpt *ck);
 void io_ckpt_release(io_ckpt *ck); /* frees what io_ckpt_read allocated */
+/* Verifies the checksums of path: each dataset's against its data, the root's against
+ * the datasets' checksums, /train and /config. A file without a root checksum (written
+ * before checksums existed) passes if the datasets that carry one match. IO_OK, or
+ * IO_ERR_FORMAT with io_error() = "<path>: /params/w has checksum <hex>, expected <hex>
+ * (corrupted)" (or naming the root), IO_ERR_OPEN for a file HDF5 cannot open (truncated),
+ * IO_ERR_VERSION / IO_ERR_NOTFOUND as io_ckpt_read. Reads the whole file in bounded
+ * memory. */
+int io_ckpt_verify(const char *path);
 /* Reads only the model name and configuration (to rebuild a model before reading). */
 int io_ckpt_peek(const char *path, char **model, int *n_config, char ***keys, char ***vals);
 /* Reads only the vocabularies names[0..n) into out[0..n) (the caller frees each), so a
@@ -174,7 +193,10 @@ int io_ckpt_read_tensor(const char *path, const char *name, float **out, int *nd
 int io_ckpt_info(const char *path, void *file /* FILE* */);
 
 /* Run directories: checkpoints are <dir>/ckpt_<step>.h5 (step zero-padded to 8). */
-/* Newest complete checkpoint in dir into out (size outlen); IO_ERR_NOTFOUND if none. */
+/* Newest complete checkpoint in dir into out (size outlen); IO_ERR_NOTFOUND if none.
+ * A ckpt_<step>.h5 that does not open or verify (io_ckpt_verify: truncated, altered, not a
+ * checkpoint) is skipped for the next older one, each with one line on stderr:
+ * "lockstep: warning: skipping corrupted checkpoint <path>: <reason>". */
 int io_ckpt_latest(const char *dir, char *out, size_t outlen);
 /* Deletes all but the newest keep checkpoints (never best.h5). keep <= 0 keeps all. */
 int io_ckpt_prune(const char *dir, int keep);
