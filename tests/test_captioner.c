@@ -16,6 +16,7 @@
 
 #include "io/io.h"
 #include "models/nn.h"
+#include "trainer/bleu.h"
 
 #define FIXTURE "data/captions_small.h5"
 
@@ -651,7 +652,10 @@ static double split_loss(nn_model *m, const split *s, int D) {
     for (int64_t i = 0; i < s->n; i += 30) {
         nn_batch b;
         split_batch(&b, s, i, (int)(s->n - i < 30 ? s->n - i : 30), D);
-        ck_assert_int_eq(m->ops->evaluate(m, &b, &st), 0);
+        if (m->ops->evaluate(m, &b, &st) < 0) { /* also used outside Check (run_main) */
+            fprintf(stderr, "evaluate: %s\n", nn_error());
+            abort();
+        }
     }
     return st.loss / st.count;
 }
@@ -723,6 +727,216 @@ START_TEST(test_short_training_on_the_fixture_learns_from_the_image) {
 }
 END_TEST
 
+/* ---- the measurement driver (not a test) ------------------------------------------------- */
+/* `test_captioner run [--key value ...]` trains a captioner with Adam on the train split of
+ * a prepare-captions file and reports the test loss, exact-match caption accuracy, per-word
+ * accuracy and BLEU (trainer/bleu.c on ids, EOS and padding stripped) for greedy decoding
+ * and beam search; --figure writes the attention picture of the first test scenes with
+ * their words, and the generated captions go to stdout. scripts/caption-figure runs it. */
+
+typedef struct run_opts {
+    const char *data, *attention, *cell, *channels, *hidden, *dim, *figure;
+    int steps, batch, beam, test_n, seed, threads;
+    double lr;
+} run_opts;
+
+static int run_split_read(split *s, const char *path, const char *group, int64_t D, int64_t max) {
+    char ds[64];
+    int64_t rows, cols;
+    snprintf(ds, sizeof ds, "%s/tokens", group);
+    if (io_dense_cols(path, ds, &s->n, &s->L) < 0) return -1;
+    if (max > 0 && s->n > max) s->n = max;
+    s->tok = malloc((size_t)(s->n * s->L) * sizeof(int32_t));
+    s->len = malloc((size_t)s->n * sizeof(int32_t));
+    s->x = malloc((size_t)(s->n * D) * sizeof(float));
+    if (!s->tok || !s->len || !s->x) return -1;
+    if (io_dense_read_tokens(path, ds, 0, s->n, s->tok) < 0) return -1;
+    snprintf(ds, sizeof ds, "%s/x", group);
+    if (io_dense_info(path, ds, &rows, &cols) < 0 || cols != D) return -1;
+    for (int64_t r = 0; r < s->n; r += 1000)
+        if (io_dense_read_rows(path, ds, r, s->n - r < 1000 ? s->n - r : 1000, s->x + r * D) < 0)
+            return -1;
+    for (int64_t i = 0; i < s->n; i++) {
+        int l = 0;
+        while (l < s->L && s->tok[i * s->L + l] != NN_PAD) l++;
+        s->len[i] = l;
+    }
+    return 0;
+}
+
+/* Decodes split s with beam K and prints exact match, word accuracy and BLEU. */
+static void run_eval_decode(nn_model *m, const split *s, int D, int K, const char *what) {
+    enum { EB = 50 };
+    int L = (int)s->L, MO = L + 2;
+    int32_t *out = malloc((size_t)EB * MO * sizeof(int32_t));
+    bleu_stats bs;
+    memset(&bs, 0, sizeof bs);
+    long exact = 0, words = 0, hits = 0;
+    for (int64_t i0 = 0; i0 < s->n; i0 += EB) {
+        int B = (int)(s->n - i0 < EB ? s->n - i0 : EB);
+        nn_batch b;
+        split_batch(&b, s, i0, B, D);
+        if (m->ops->decode(m, &b, K, 0.6f, MO, out) < 0) {
+            fprintf(stderr, "decode: %s\n", nn_error());
+            exit(1);
+        }
+        for (int i = 0; i < B; i++) {
+            const int32_t *h = out + (size_t)i * MO, *r = s->tok + (i0 + i) * L;
+            int nh = 0, nr = 0;
+            while (nh < MO && h[nh] != NN_EOS && h[nh] != NN_PAD) nh++;
+            while (nr < L && r[nr] != NN_EOS && r[nr] != NN_PAD) nr++;
+            exact += nh == nr && memcmp(h, r, (size_t)nr * sizeof *r) == 0;
+            for (int k = 0; k < nr; k++) hits += k < nh && h[k] == r[k];
+            words += nr;
+            const int32_t *refs[1] = {r};
+            bleu_add_tokens(&bs, h, nh, refs, &nr, 1);
+        }
+    }
+    printf("%s beam %d: exact match %.2f%% (%ld/%ld), words in place %.2f%%, BLEU %.2f\n",
+           what, K, 100.0 * exact / s->n, exact, (long)s->n, 100.0 * hits / words,
+           bleu_score(&bs, NULL, NULL));
+    free(out);
+}
+
+static int run_main(int argc, char **argv) {
+    run_opts o = {"data/captions/captions.h5", "bahdanau", "lstm", "16,32", "128", "32", NULL,
+                  2000, 32, 5, 0, 1, 1, 3e-3};
+    for (int i = 0; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+        if (!strcmp(k, "--data")) o.data = v;
+        else if (!strcmp(k, "--attention")) o.attention = v;
+        else if (!strcmp(k, "--cell")) o.cell = v;
+        else if (!strcmp(k, "--channels")) o.channels = v;
+        else if (!strcmp(k, "--hidden")) o.hidden = v;
+        else if (!strcmp(k, "--dim")) o.dim = v;
+        else if (!strcmp(k, "--figure")) o.figure = v;
+        else if (!strcmp(k, "--steps")) o.steps = atoi(v);
+        else if (!strcmp(k, "--batch")) o.batch = atoi(v);
+        else if (!strcmp(k, "--beam")) o.beam = atoi(v);
+        else if (!strcmp(k, "--test-n")) o.test_n = atoi(v);
+        else if (!strcmp(k, "--seed")) o.seed = atoi(v);
+        else if (!strcmp(k, "--threads")) o.threads = atoi(v);
+        else if (!strcmp(k, "--lr")) o.lr = atof(v);
+        else {
+            fprintf(stderr, "run: unknown option %s\n", k);
+            return 2;
+        }
+    }
+    nn_set_threads(o.threads);
+    int64_t shape[3];
+    io_vocab v;
+    if (io_dense_attr_i64(o.data, "image_shape", shape, 3) < 0 ||
+        io_dense_vocab(o.data, "vocab", &v) < 0) {
+        fprintf(stderr, "run: %s\n", io_error());
+        return 1;
+    }
+    int D = (int)(shape[0] * shape[1] * shape[2]);
+    split tr, va, te;
+    if (run_split_read(&tr, o.data, "train", D, 0) < 0 ||
+        run_split_read(&va, o.data, "valid", D, 0) < 0 ||
+        run_split_read(&te, o.data, "test", D, o.test_n) < 0) {
+        fprintf(stderr, "run: %s\n", io_error());
+        return 1;
+    }
+    nn_config cfg = {0};
+    nn_config_set(&cfg, "attention", o.attention);
+    nn_config_set(&cfg, "cell", o.cell);
+    nn_config_set(&cfg, "channels", o.channels);
+    nn_config_set(&cfg, "hidden", o.hidden);
+    nn_config_set(&cfg, "dim", o.dim);
+    nn_dims d = {0};
+    d.vocab_tgt = v.n;
+    d.max_batch = o.batch > 50 ? o.batch : 50;
+    d.max_len_tgt = (int)tr.L;
+    d.image_c = (int)shape[0], d.image_h = (int)shape[1], d.image_w = (int)shape[2];
+    d.features = D;
+    nn_model m;
+    if (nn_model_init(&m, &nn_captioner_ops, &cfg, &d, (uint64_t)o.seed) < 0) {
+        fprintf(stderr, "run: %s\n", nn_error());
+        return 1;
+    }
+    nn_config_free(&cfg);
+    printf("captioner %s attention=%s channels=%s hidden=%s dim=%s: %zu parameters; train %ld "
+           "valid %ld test %ld scenes of %dx%dx%d; %d steps of %d, Adam lr %g, seed %d\n",
+           o.cell, o.attention, o.channels, o.hidden, o.dim, m.params.total, (long)tr.n,
+           (long)va.n, (long)te.n, d.image_c, d.image_h, d.image_w, o.steps, o.batch, o.lr,
+           o.seed);
+    fflush(stdout);
+    float *mm = calloc(m.params.total, sizeof *mm), *vv = calloc(m.params.total, sizeof *vv);
+    float *bx = malloc((size_t)o.batch * D * sizeof(float));
+    int32_t *by = malloc((size_t)o.batch * tr.L * sizeof(int32_t)), *bl = malloc(o.batch * 4);
+    int64_t *perm = malloc((size_t)tr.n * sizeof(int64_t)), pos = tr.n, epoch = 0;
+    double run_loss = 0, run_cnt = 0;
+    for (int step = 0; step < o.steps; step++) {
+        for (int i = 0; i < o.batch; i++) {
+            if (pos == tr.n) { /* a new shuffled epoch */
+                nn_rng r = nn_rng_make((uint64_t)o.seed, (uint64_t)epoch++, 0, NN_RNG_SHUFFLE);
+                for (int64_t j = 0; j < tr.n; j++) perm[j] = j;
+                for (int64_t j = tr.n - 1; j > 0; j--) {
+                    int64_t k = nn_rng_below(&r, (uint32_t)(j + 1)), t = perm[j];
+                    perm[j] = perm[k], perm[k] = t;
+                }
+                pos = 0;
+            }
+            int64_t e = perm[pos++];
+            memcpy(bx + (size_t)i * D, tr.x + e * D, (size_t)D * sizeof(float));
+            memcpy(by + (size_t)i * tr.L, tr.tok + e * tr.L, (size_t)tr.L * sizeof(int32_t));
+            bl[i] = tr.len[e];
+        }
+        nn_batch b = {0};
+        b.B = o.batch, b.D = D, b.xf = bx, b.U = (int)tr.L, b.y = by, b.y_len = bl;
+        b.step = (uint64_t)step;
+        nn_stats st = {0};
+        nn_params_zero_grad(&m.params);
+        if (m.ops->forward_backward(&m, &b, 1.0f, &st) < 0) {
+            fprintf(stderr, "run: %s\n", nn_error());
+            return 1;
+        }
+        adam_step(&m.params, mm, vv, step + 1, (float)o.lr, 1.0f / (float)st.count);
+        run_loss += st.loss, run_cnt += st.count;
+        if ((step + 1) % 250 == 0 || step + 1 == o.steps) {
+            printf("step %d: train loss/token %.4f\n", step + 1, run_loss / run_cnt);
+            fflush(stdout);
+            run_loss = run_cnt = 0;
+        }
+    }
+    printf("valid loss/token %.4f, test loss/token %.4f\n", split_loss(&m, &va, D),
+           split_loss(&m, &te, D));
+    run_eval_decode(&m, &te, D, 1, "test");
+    if (o.beam > 1) run_eval_decode(&m, &te, D, o.beam, "test");
+    if (o.figure) {
+        nn_batch b;
+        int n = te.n < 6 ? (int)te.n : 6;
+        split_batch(&b, &te, 0, n, D);
+        float *img = malloc(((size_t)1 << 22) * sizeof *img);
+        int h, w;
+        if (nn_captioner_figure(&m, &b, n, (const char *const *)v.word, v.n, img, &h, &w) < 0 ||
+            io_png_write_gray(o.figure, img, h, w) < 0) {
+            fprintf(stderr, "run: figure: %s%s\n", nn_error(), io_error());
+            return 1;
+        }
+        int32_t out[6 * 16];
+        int MO = (int)te.L + 2;
+        m.ops->decode(&m, &b, 1, 0.0f, MO, out);
+        for (int i = 0; i < n; i++) {
+            printf("scene %d: reference \"", i);
+            for (int k = 0; k < te.L && te.tok[i * te.L + k] > NN_EOS; k++)
+                printf("%s%s", k ? " " : "", v.word[te.tok[i * te.L + k]]);
+            printf("\", generated \"");
+            for (int k = 0; k < MO && out[i * MO + k] > NN_EOS; k++)
+                printf("%s%s", k ? " " : "", v.word[out[i * MO + k]]);
+            printf("\"\n");
+        }
+        printf("figure: %s (%dx%d)\n", o.figure, w, h);
+        free(img);
+    }
+    free(mm), free(vv), free(bx), free(by), free(bl), free(perm);
+    split_free(&tr), split_free(&va), split_free(&te);
+    io_vocab_free(&v);
+    nn_model_free(&m);
+    return 0;
+}
+
 static Suite *captioner_suite(void) {
     Suite *s = suite_create("captioner");
     TCase *tc = tcase_create("layers");
@@ -750,7 +964,8 @@ static Suite *captioner_suite(void) {
     return s;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "run") == 0) return run_main(argc - 2, argv + 2);
     nn_set_threads(1);
     SRunner *sr = srunner_create(captioner_suite());
     srunner_run_all(sr, CK_NORMAL);
