@@ -1020,6 +1020,7 @@ int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const
     NN_ASSERT(m && m->ops == &nn_captioner_ops);
     cap *c = m->impl;
     if (n > b->B) n = b->B;
+    if (n > c->max_B) n = c->max_B;
     if (n > 8) n = 8;
     if (n < 1) {
         nn_set_error("captioner: the attention picture needs at least one example");

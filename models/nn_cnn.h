@@ -73,14 +73,15 @@ const float *nn_captioner_attention(const nn_model *m, int *B, int *steps, int *
 int nn_captioner_beam_search(nn_model *m, const nn_batch *b, int beam, float len_alpha,
                              int max_out, int32_t *out);
 
-/* The attention picture: greedy-decodes the first n (<= b->B, <= 8) examples of b and
- * draws one row per example: the image, then one copy per generated word (up to and
- * including NN_EOS) with the attention weights, upsampled (nearest) to the image and laid
- * over it as brightness = (a / max a) * (0.35 + 0.65 pixel), each with the
- * word written underneath in a built-in 5x7 font: words[id] when words is non-NULL and id
- * < nwords, else the id in digits. Models without attention show the plain image for each
- * word. img: caller buffer of at least 1<<22 floats, values in [0,1]; *h, *w its size.
- * NN_ERR_SHAPE when the picture would not fit, or b->B < 1. */
+/* The attention picture: greedy-decodes the first n (clamped to b->B, max_batch and 8)
+ * examples of b and draws one row per example: the image, then one copy per generated
+ * word (up to and including NN_EOS) with that step's attention weights upsampled
+ * (nearest) to the image and laid over it as brightness = (a / max a) * (0.35 + 0.65
+ * pixel), the word written underneath in a built-in 5x7 font: words[id] when words is
+ * non-NULL and id < nwords, else the id in digits. Without attention every copy is the
+ * plain image. Tiles are upsampled to at least 112 pixels. img: caller buffer of at least
+ * 1<<22 floats, values in [0,1], background 1; *h, *w its size. NN_ERR_SHAPE when the
+ * picture would not fit or b->B < 1; decode errors as ops->decode. */
 int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const *words,
                         int nwords, float *img, int *h, int *w);
 
