@@ -46,15 +46,16 @@ void nn_maxpool2d_backward(float *dx, const float *dy, const int32_t *argmax, in
  * F (B,P,Dv), P = h*w of the last map, Dv = last channel count ->
  *   s_0 = tanh(W_init mean_j F_j + b_init), c_0 = 0 (LSTM)
  *   step t (teacher forcing; input NN_BOS, y_0, ..., y_{U-2}):
- *     attention bahdanau: e_tj = v . tanh(W_s s_{t-1} + b_s + W_k F_j), a_t = softmax_j,
+ *     attention bahdanau: e_tj = v . tanh(W_s s_{t-1} + b_s + W_k F_j + p_j), a_t = softmax_j,
  *                         ctx_t = sum_j a_tj F_j        (none: ctx_t = mean_j F_j)
+ *                         p_j (P,A): learned cell positions (key positions, default true)
  *     s_t = cell([emb(y_{t-1}); ctx_t], s_{t-1})   (lstm|gru, PyTorch gate layout)
  *     logits_t = W_o [s_t; ctx_t] + b_o  -> softmax cross-entropy over vocab_tgt, NN_PAD
  *                                           targets ignored
  * data_kind "caption": dense images xf (B,D), D = image_c*image_h*image_w, and target ids
  * y (B,U) (caption words, NN_EOS, NN_PAD padding), y_len optional. Stats: loss sum,
  * count = target tokens, correct = argmax hits. Keys: channels, kernel, pool, cell, dim,
- * hidden, attention.
+ * hidden, attention, positions.
  * decode: greedy (beam 1) or beam search with length normalisation
  * score / ((5 + len) / 6)^len_alpha (len counts the NN_EOS); never emits NN_PAD or NN_BOS;
  * rows end with NN_EOS and are NN_PAD-padded (or hold max_out ids when the limit was hit).

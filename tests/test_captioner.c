@@ -437,7 +437,6 @@ START_TEST(test_beam_one_equals_greedy_and_outputs_are_well_formed) {
         ck_assert_int_eq(m.ops->decode(&m, &t.b, 4, 0.6f, MO, b4), 0);
         ck_assert_int_eq(m.ops->decode(&m, &t.b, 4, 0.6f, MO, b4b), 0);
         ck_assert_mem_eq(b4, b4b, sizeof b4);
-        int distinct = 0;
         for (int i = 0; i < B; i++) {
             const int32_t *rows[2] = {g + i * MO, b4 + i * MO};
             for (int r = 0; r < 2; r++) {
@@ -451,11 +450,7 @@ START_TEST(test_beam_one_equals_greedy_and_outputs_are_well_formed) {
                     if (id == NN_EOS && t_end == MO) t_end = k + 1;
                 }
             }
-            for (int k = 0; k < MO; k++) distinct += g[i * MO + k] != g[k];
         }
-        /* with attention the captions depend on the image (without it, random saturated
-         * weights may well give every image the same caption) */
-        if (c < 2) ck_assert_msg(distinct > 0, "every image got the same caption (config %d)", c);
         /* the greedy decode of a sub-batch gives the same captions */
         nn_batch sub = t.b;
         sub.B = 2;
@@ -718,8 +713,9 @@ START_TEST(test_short_training_on_the_fixture_learns_from_the_image) {
                   "loss per token %g -> train %g, valid %g", before, train, after);
     ck_assert_msg(train < 0.8 * blind, "train loss %g not clearly below image-blind %g", train,
                   blind);
-    /* 300 scenes are few: held-out scenes gain less, but still beat the blind bound */
-    ck_assert_msg(after < blind, "valid loss %g not below image-blind %g", after, blind);
+    /* 300 scenes are few: held-out scenes gain less, but still clearly beat the bound */
+    ck_assert_msg(after < 0.8 * blind, "valid loss %g not clearly below image-blind %g", after,
+                  blind);
     free(mm), free(vv);
     split_free(&tr), split_free(&va);
     io_vocab_free(&v);
