@@ -1035,6 +1035,20 @@ static void cap_text_(float *img, int h, int w, int x, int y, int s, float val, 
     }
 }
 
+/* Bilinear interpolation of a (gh,gw) at relative position (fy, fx) in [0,1), cell
+ * centres at (i + 0.5) / gh; clamped at the borders. */
+static float cap_bilinear_(const float *a, int gh, int gw, float fy, float fx) {
+    float y = fy * gh - 0.5f, x = fx * gw - 0.5f;
+    y = y < 0.0f ? 0.0f : (y > gh - 1 ? (float)(gh - 1) : y);
+    x = x < 0.0f ? 0.0f : (x > gw - 1 ? (float)(gw - 1) : x);
+    int y0 = (int)y, x0 = (int)x;
+    int y1 = y0 + 1 < gh ? y0 + 1 : y0, x1 = x0 + 1 < gw ? x0 + 1 : x0;
+    float ty = y - y0, tx = x - x0;
+    float top = a[y0 * gw + x0] * (1 - tx) + a[y0 * gw + x1] * tx;
+    float bot = a[y1 * gw + x0] * (1 - tx) + a[y1 * gw + x1] * tx;
+    return top * (1 - ty) + bot * ty;
+}
+
 int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const *words,
                         int nwords, float *img, int *h, int *w) {
     NN_ASSERT(m && m->ops == &nn_captioner_ops);
@@ -1087,9 +1101,11 @@ int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const
                     for (int ch = 0; ch < C; ch++) v += x[(size_t)ch * HW + py * IW + px];
                     v /= (float)C;
                     if (a && amax > 0.0f) {
-                        int gy = py * c->gh / IH, gx = px * c->gw / IW;
-                        float s = a[gy * c->gw + gx] / amax;
-                        v = s * (0.35f + 0.65f * v);
+                        float s = cap_bilinear_(a, c->gh, c->gw, (yy + 0.5f) / TH,
+                                                (xx + 0.5f) / TW) / amax;
+                        s = sqrtf(s > 0.0f ? s : 0.0f);
+                        v = 0.3f * v + 0.7f * s;
+                        v = v > 1.0f ? 1.0f : v;
                     }
                     img[(size_t)(y0 + yy) * W + x0 + xx] = v;
                 }

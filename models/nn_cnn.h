@@ -77,8 +77,8 @@ int nn_captioner_beam_search(nn_model *m, const nn_batch *b, int beam, float len
 /* The attention picture: greedy-decodes the first n (clamped to b->B, max_batch and 8)
  * examples of b and draws one row per example: the image, then one copy per generated
  * word (up to and including NN_EOS) with that step's attention weights upsampled
- * (nearest) to the image and laid over it as brightness = (a / max a) * (0.35 + 0.65
- * pixel), the word written underneath in a built-in 5x7 font: words[id] when words is
+ * (bilinear) to the image and laid over it as brightness = min(1, 0.3 pixel + 0.7 sqrt(a /
+ * max a)) (the scene faint, the attended cells bright), the word written underneath in a built-in 5x7 font: words[id] when words is
  * non-NULL and id < nwords, else the id in digits. Without attention every copy is the
  * plain image. Tiles are upsampled to at least 112 pixels. img: caller buffer of at least
  * 1<<22 floats, values in [0,1], background 1; *h, *w its size. NN_ERR_SHAPE when the

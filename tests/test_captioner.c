@@ -728,10 +728,12 @@ END_TEST
  * a prepare-captions file and reports the test loss, exact-match caption accuracy, per-word
  * accuracy and BLEU (trainer/bleu.c on ids, EOS and padding stripped) for greedy decoding
  * and beam search; --figure writes the attention picture of the first test scenes with
- * their words, and the generated captions go to stdout. scripts/caption-figure runs it. */
+ * their words, and the generated captions go to stdout; --save/--load write and read the
+ * parameters as raw float32 (--load with --steps 0 only evaluates). scripts/caption-figure
+ * runs it. */
 
 typedef struct run_opts {
-    const char *data, *attention, *cell, *channels, *hidden, *dim, *figure;
+    const char *data, *attention, *cell, *channels, *hidden, *dim, *figure, *save, *load;
     int steps, batch, beam, test_n, seed, threads;
     double lr;
 } run_opts;
@@ -796,7 +798,7 @@ static void run_eval_decode(nn_model *m, const split *s, int D, int K, const cha
 
 static int run_main(int argc, char **argv) {
     run_opts o = {"data/captions/captions.h5", "bahdanau", "lstm", "16,32", "128", "32", NULL,
-                  2000, 32, 5, 0, 1, 1, 3e-3};
+                  NULL, NULL, 2000, 32, 5, 0, 1, 1, 3e-3};
     for (int i = 0; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--data")) o.data = v;
@@ -806,6 +808,8 @@ static int run_main(int argc, char **argv) {
         else if (!strcmp(k, "--hidden")) o.hidden = v;
         else if (!strcmp(k, "--dim")) o.dim = v;
         else if (!strcmp(k, "--figure")) o.figure = v;
+        else if (!strcmp(k, "--save")) o.save = v;
+        else if (!strcmp(k, "--load")) o.load = v;
         else if (!strcmp(k, "--steps")) o.steps = atoi(v);
         else if (!strcmp(k, "--batch")) o.batch = atoi(v);
         else if (!strcmp(k, "--beam")) o.beam = atoi(v);
@@ -858,6 +862,15 @@ static int run_main(int argc, char **argv) {
            (long)va.n, (long)te.n, d.image_c, d.image_h, d.image_w, o.steps, o.batch, o.lr,
            o.seed);
     fflush(stdout);
+    if (o.load) { /* raw float32 parameters written by --save of the same configuration */
+        FILE *f = fopen(o.load, "rb");
+        size_t got = f ? fread(m.params.data, sizeof(float), m.params.total, f) : 0;
+        if (!f || got != m.params.total || fgetc(f) != EOF) {
+            fprintf(stderr, "run: %s is not %zu float32 parameters\n", o.load, m.params.total);
+            return 1;
+        }
+        fclose(f);
+    }
     float *mm = calloc(m.params.total, sizeof *mm), *vv = calloc(m.params.total, sizeof *vv);
     float *bx = malloc((size_t)o.batch * D * sizeof(float));
     int32_t *by = malloc((size_t)o.batch * tr.L * sizeof(int32_t)), *bl = malloc(o.batch * 4);
@@ -894,6 +907,14 @@ static int run_main(int argc, char **argv) {
             printf("step %d: train loss/token %.4f\n", step + 1, run_loss / run_cnt);
             fflush(stdout);
             run_loss = run_cnt = 0;
+        }
+    }
+    if (o.save) {
+        FILE *f = fopen(o.save, "wb");
+        if (!f || fwrite(m.params.data, sizeof(float), m.params.total, f) != m.params.total ||
+            fclose(f) != 0) {
+            fprintf(stderr, "run: cannot write %s\n", o.save);
+            return 1;
         }
     }
     printf("valid loss/token %.4f, test loss/token %.4f\n", split_loss(&m, &va, D),
