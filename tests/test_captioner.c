@@ -734,6 +734,7 @@ END_TEST
 
 typedef struct run_opts {
     const char *data, *attention, *cell, *channels, *hidden, *dim, *figure, *save, *load;
+    const char *positions;
     int steps, batch, beam, test_n, seed, threads;
     double lr;
 } run_opts;
@@ -798,7 +799,7 @@ static void run_eval_decode(nn_model *m, const split *s, int D, int K, const cha
 
 static int run_main(int argc, char **argv) {
     run_opts o = {"data/captions/captions.h5", "bahdanau", "lstm", "16,32", "128", "32", NULL,
-                  NULL, NULL, 2000, 32, 5, 0, 1, 1, 3e-3};
+                  NULL, NULL, "true", 2000, 32, 5, 0, 1, 1, 3e-3};
     for (int i = 0; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--data")) o.data = v;
@@ -809,6 +810,7 @@ static int run_main(int argc, char **argv) {
         else if (!strcmp(k, "--dim")) o.dim = v;
         else if (!strcmp(k, "--figure")) o.figure = v;
         else if (!strcmp(k, "--save")) o.save = v;
+        else if (!strcmp(k, "--positions")) o.positions = v;
         else if (!strcmp(k, "--load")) o.load = v;
         else if (!strcmp(k, "--steps")) o.steps = atoi(v);
         else if (!strcmp(k, "--batch")) o.batch = atoi(v);
@@ -844,6 +846,7 @@ static int run_main(int argc, char **argv) {
     nn_config_set(&cfg, "channels", o.channels);
     nn_config_set(&cfg, "hidden", o.hidden);
     nn_config_set(&cfg, "dim", o.dim);
+    nn_config_set(&cfg, "positions", o.positions);
     nn_dims d = {0};
     d.vocab_tgt = v.n;
     d.max_batch = o.batch > 50 ? o.batch : 50;
@@ -856,9 +859,9 @@ static int run_main(int argc, char **argv) {
         return 1;
     }
     nn_config_free(&cfg);
-    printf("captioner %s attention=%s channels=%s hidden=%s dim=%s: %zu parameters; train %ld "
-           "valid %ld test %ld scenes of %dx%dx%d; %d steps of %d, Adam lr %g, seed %d\n",
-           o.cell, o.attention, o.channels, o.hidden, o.dim, m.params.total, (long)tr.n,
+    printf("captioner %s attention=%s positions=%s channels=%s hidden=%s dim=%s: %zu parameters; "
+           "train %ld valid %ld test %ld scenes of %dx%dx%d; %d steps of %d, Adam lr %g, seed %d\n",
+           o.cell, o.attention, o.positions, o.channels, o.hidden, o.dim, m.params.total, (long)tr.n,
            (long)va.n, (long)te.n, d.image_c, d.image_h, d.image_w, o.steps, o.batch, o.lr,
            o.seed);
     fflush(stdout);
