@@ -6,8 +6,11 @@
  *                                                -> grid F (B,P,Dv), P = gh*gw
  *   m = mean_j F_j;  s_0 = tanh(W_init m + b_init), c_0 = 0 (LSTM)
  *   for t = 0..U-1 (teacher forcing; inputs NN_BOS, y_0, ..., y_{U-2}):
- *     attention:  e_tj = v . tanh(W_s s_{t-1} + b_s + W_k F_j), a_t = softmax_j,
+ *     attention:  e_tj = v . tanh(W_s s_{t-1} + b_s + W_k F_j + p_j), a_t = softmax_j,
  *                 ctx_t = sum_j a_tj F_j   (W_k F_j: one GEMM for all j; nn_attn_forward)
+ *                 p_j (positions = true): a learned vector per grid cell. Convolutions are
+ *                 translation-equivariant, so without it a cell's key says what is there
+ *                 but not where, and captions in reading order need the where.
  *                 none: ctx_t = m (the mean-pooled baseline)
  *     cell:       s_t = cell([emb(y_{t-1}); ctx_t], s_{t-1})   (lstm i,f,g,o | gru r,z,n)
  *     output:     logits_t = W_o [s_t; ctx_t] + b_o  -> cross-entropy, NN_PAD ignored
@@ -88,12 +91,13 @@ typedef struct cap_dec {
 } cap_dec;
 
 typedef struct cap {
-    int cell, G, V, D, H, A, Dv, In, Hc, GH, attn, k, pool, nb;
+    int cell, G, V, D, H, A, Dv, In, Hc, GH, attn, positions, k, pool, nb;
     int ic, ih, iw, P, gh, gw;
     int max_B, max_U;
     cap_block blk[CAP_MAX_BLOCKS];
     float *Wi, *dWi, *bi, *dbi;        /* init (H,Dv), (H) */
     float *Wk, *dWk;                   /* attention keys (A,Dv) */
+    float *pos, *dpos;                 /* (P,A) learned position of each grid cell, or NULL */
     float *Ws, *dWs, *bs, *dbs;        /* attention query (A,H), (A) */
     float *va, *dva;                   /* (A) */
     float *E, *dE;                     /* (V,D) */
@@ -126,6 +130,7 @@ static const nn_key cap_keys_[] = {
     {"dim", "32", "word embedding width"},
     {"hidden", "128", "decoder hidden width (also the attention width)"},
     {"attention", "bahdanau", "bahdanau|none (none: the mean-pooled grid is the only context)"},
+    {"positions", "true", "learned position vectors of the grid cells added to the attention keys"},
     {NULL, NULL, NULL},
 };
 
@@ -221,10 +226,11 @@ static int cap_parse_channels_(const char *s, int *out) {
 static int cap_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     const char *cell, *attn, *chs = nn_config_get(cfg, "channels");
     long kernel, pool, dim, hidden;
-    int rc, ch[CAP_MAX_BLOCKS];
+    int rc, positions, ch[CAP_MAX_BLOCKS];
     if ((rc = nn_config_choice(cfg, "cell", "lstm", "lstm|gru", &cell)) < 0) return rc;
     if ((rc = nn_config_choice(cfg, "attention", "bahdanau", "bahdanau|none", &attn)) < 0)
         return rc;
+    if ((rc = nn_config_bool(cfg, "positions", 1, &positions)) < 0) return rc;
     if ((rc = nn_config_int(cfg, "kernel", 3, &kernel)) < 0) return rc;
     if ((rc = nn_config_int(cfg, "pool", 2, &pool)) < 0) return rc;
     if ((rc = nn_config_int(cfg, "dim", 32, &dim)) < 0) return rc;
@@ -260,6 +266,7 @@ static int cap_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     w->cell = strcmp(cell, "gru") == 0 ? CAP_GRU : CAP_LSTM;
     w->G = w->cell == CAP_LSTM ? 4 : 3;
     w->attn = strcmp(attn, "bahdanau") == 0;
+    w->positions = w->attn && positions;
     w->V = d->vocab_tgt;
     w->D = (int)dim;
     w->H = (int)hidden;
@@ -317,6 +324,11 @@ static int cap_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
                                 &w->bs, &w->dbs)) < 0 ||
             (rc = nn_params_add(&m->params, "attention/v", 1, sa, NN_INIT_UNIFORM, ka, &w->va,
                                 &w->dva)) < 0)
+            return rc;
+        int sp[2] = {w->P, w->A};
+        if (w->positions &&
+            (rc = nn_params_add(&m->params, "attention/position", 2, sp, NN_INIT_UNIFORM, kv,
+                                &w->pos, &w->dpos)) < 0)
             return rc;
     }
     int se[2] = {w->V, w->D}, sx[2] = {w->GH, w->In}, sr[2] = {w->GH, w->H}, sg[1] = {w->GH};
@@ -393,7 +405,12 @@ static void cap_encode_(cap *w, const float *xf, int B) {
     cap_xwt_(w->S, w->mean, w->Wi, B, H, Dv, 1.0f);
     nn_tanh_forward(w->S, w->S, (size_t)B * H);
     memset(w->Cs, 0, (size_t)B * H * sizeof(float));
-    if (w->attn) cap_xwt_(w->kh, F, w->Wk, B * P, w->A, Dv, 0.0f);
+    if (!w->attn) return;
+    /* keys: W_k F_j, plus the cell's position vector */
+    cap_xwt_(w->kh, F, w->Wk, B * P, w->A, Dv, 0.0f);
+    if (w->positions)
+        for (int b = 0; b < B; b++)
+            for (size_t i = 0; i < (size_t)P * w->A; i++) w->kh[(size_t)b * P * w->A + i] += w->pos[i];
 }
 
 static const float *cap_grid_(const cap *w) { return w->blk[w->nb - 1].out; }
@@ -635,6 +652,9 @@ static void cap_backward_(cap *w, const nn_batch *b) {
     cap_dx_(w->dmean, w->ds, w->Wi, B, H, Dv, 1.0f);
     if (w->attn) {
         cap_dw_(w->dWk, w->dkh, cap_grid_(w), B * P, A, Dv);
+        if (w->positions)
+            for (int b = 0; b < B; b++)
+                for (size_t i = 0; i < (size_t)P * A; i++) w->dpos[i] += w->dkh[(size_t)b * P * A + i];
         cap_dx_(dF, w->dkh, w->Wk, B * P, A, Dv, 1.0f);
     }
     for (int i = 0; i < B; i++)
@@ -1015,11 +1035,26 @@ static void cap_text_(float *img, int h, int w, int x, int y, int s, float val, 
     }
 }
 
+/* Bilinear interpolation of a (gh,gw) at relative position (fy, fx) in [0,1), cell
+ * centres at (i + 0.5) / gh; clamped at the borders. */
+static float cap_bilinear_(const float *a, int gh, int gw, float fy, float fx) {
+    float y = fy * gh - 0.5f, x = fx * gw - 0.5f;
+    y = y < 0.0f ? 0.0f : (y > gh - 1 ? (float)(gh - 1) : y);
+    x = x < 0.0f ? 0.0f : (x > gw - 1 ? (float)(gw - 1) : x);
+    int y0 = (int)y, x0 = (int)x;
+    int y1 = y0 + 1 < gh ? y0 + 1 : y0, x1 = x0 + 1 < gw ? x0 + 1 : x0;
+    float ty = y - y0, tx = x - x0;
+    float top = a[y0 * gw + x0] * (1 - tx) + a[y0 * gw + x1] * tx;
+    float bot = a[y1 * gw + x0] * (1 - tx) + a[y1 * gw + x1] * tx;
+    return top * (1 - ty) + bot * ty;
+}
+
 int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const *words,
                         int nwords, float *img, int *h, int *w) {
     NN_ASSERT(m && m->ops == &nn_captioner_ops);
     cap *c = m->impl;
     if (n > b->B) n = b->B;
+    if (n > c->max_B) n = c->max_B;
     if (n > 8) n = 8;
     if (n < 1) {
         nn_set_error("captioner: the attention picture needs at least one example");
@@ -1066,9 +1101,11 @@ int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const
                     for (int ch = 0; ch < C; ch++) v += x[(size_t)ch * HW + py * IW + px];
                     v /= (float)C;
                     if (a && amax > 0.0f) {
-                        int gy = py * c->gh / IH, gx = px * c->gw / IW;
-                        float s = a[gy * c->gw + gx] / amax;
-                        v = s * (0.35f + 0.65f * v);
+                        float s = cap_bilinear_(a, c->gh, c->gw, (yy + 0.5f) / TH,
+                                                (xx + 0.5f) / TW) / amax;
+                        s = sqrtf(s > 0.0f ? s : 0.0f);
+                        v = 0.3f * v + 0.7f * s;
+                        v = v > 1.0f ? 1.0f : v;
                     }
                     img[(size_t)(y0 + yy) * W + x0 + xx] = v;
                 }

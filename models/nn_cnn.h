@@ -46,15 +46,16 @@ void nn_maxpool2d_backward(float *dx, const float *dy, const int32_t *argmax, in
  * F (B,P,Dv), P = h*w of the last map, Dv = last channel count ->
  *   s_0 = tanh(W_init mean_j F_j + b_init), c_0 = 0 (LSTM)
  *   step t (teacher forcing; input NN_BOS, y_0, ..., y_{U-2}):
- *     attention bahdanau: e_tj = v . tanh(W_s s_{t-1} + b_s + W_k F_j), a_t = softmax_j,
+ *     attention bahdanau: e_tj = v . tanh(W_s s_{t-1} + b_s + W_k F_j + p_j), a_t = softmax_j,
  *                         ctx_t = sum_j a_tj F_j        (none: ctx_t = mean_j F_j)
+ *                         p_j (P,A): learned cell positions (key positions, default true)
  *     s_t = cell([emb(y_{t-1}); ctx_t], s_{t-1})   (lstm|gru, PyTorch gate layout)
  *     logits_t = W_o [s_t; ctx_t] + b_o  -> softmax cross-entropy over vocab_tgt, NN_PAD
  *                                           targets ignored
  * data_kind "caption": dense images xf (B,D), D = image_c*image_h*image_w, and target ids
  * y (B,U) (caption words, NN_EOS, NN_PAD padding), y_len optional. Stats: loss sum,
  * count = target tokens, correct = argmax hits. Keys: channels, kernel, pool, cell, dim,
- * hidden, attention.
+ * hidden, attention, positions.
  * decode: greedy (beam 1) or beam search with length normalisation
  * score / ((5 + len) / 6)^len_alpha (len counts the NN_EOS); never emits NN_PAD or NN_BOS;
  * rows end with NN_EOS and are NN_PAD-padded (or hold max_out ids when the limit was hit).
@@ -73,14 +74,15 @@ const float *nn_captioner_attention(const nn_model *m, int *B, int *steps, int *
 int nn_captioner_beam_search(nn_model *m, const nn_batch *b, int beam, float len_alpha,
                              int max_out, int32_t *out);
 
-/* The attention picture: greedy-decodes the first n (<= b->B, <= 8) examples of b and
- * draws one row per example: the image, then one copy per generated word (up to and
- * including NN_EOS) with the attention weights, upsampled (nearest) to the image and laid
- * over it as brightness = (a / max a) * (0.35 + 0.65 pixel), each with the
- * word written underneath in a built-in 5x7 font: words[id] when words is non-NULL and id
- * < nwords, else the id in digits. Models without attention show the plain image for each
- * word. img: caller buffer of at least 1<<22 floats, values in [0,1]; *h, *w its size.
- * NN_ERR_SHAPE when the picture would not fit, or b->B < 1. */
+/* The attention picture: greedy-decodes the first n (clamped to b->B, max_batch and 8)
+ * examples of b and draws one row per example: the image, then one copy per generated
+ * word (up to and including NN_EOS) with that step's attention weights upsampled
+ * (bilinear) to the image and laid over it as brightness = min(1, 0.3 pixel + 0.7 sqrt(a /
+ * max a)) (the scene faint, the attended cells bright), the word written underneath in a built-in 5x7 font: words[id] when words is
+ * non-NULL and id < nwords, else the id in digits. Without attention every copy is the
+ * plain image. Tiles are upsampled to at least 112 pixels. img: caller buffer of at least
+ * 1<<22 floats, values in [0,1], background 1; *h, *w its size. NN_ERR_SHAPE when the
+ * picture would not fit or b->B < 1; decode errors as ops->decode. */
 int nn_captioner_figure(nn_model *m, const nn_batch *b, int n, const char *const *words,
                         int nwords, float *img, int *h, int *w);
 

@@ -16,6 +16,7 @@
 
 #include "io/io.h"
 #include "models/nn.h"
+#include "trainer/bleu.h"
 
 #define FIXTURE "data/captions_small.h5"
 
@@ -407,6 +408,555 @@ START_TEST(test_io_reads_tokens_vocab_and_image_shape) {
 }
 END_TEST
 
+
+/* A captioner with spread-out weights (x3) so that decoding is not trivially repetitive. */
+static void cap_make_sharp(nn_model *m, const char *cell, const char *attn, int V, int B, int U,
+                           int IH, int IW) {
+    const char *kv[] = {"cell", cell, "attention", attn, "channels", "3,4", "dim", "6",
+                        "hidden", "8", NULL};
+    ck_assert_int_eq(cap_make(m, kv, V, B, U, IH, IW), 0);
+    for (size_t i = 0; i < m->params.total; i++) m->params.data[i] *= 3.0f;
+}
+
+START_TEST(test_beam_one_equals_greedy_and_outputs_are_well_formed) {
+    enum { V = 10, B = 6, U = 7, IH = 8, IW = 8, MO = 7 };
+    const char *cells[2] = {"lstm", "gru"}, *attns[2] = {"bahdanau", "none"};
+    for (int c = 0; c < 4; c++) {
+        nn_model m;
+        cap_make_sharp(&m, cells[c % 2], attns[c / 2], V, B, U, IH, IW);
+        const int yl[B] = {1, 2, 3, 4, 5, 6};
+        tcap t;
+        tcap_make(&t, B, U, yl, IH * IW, V, 40 + c);
+        /* images of different brightness, so that even mean-pooled features differ */
+        for (int i = 0; i < B; i++)
+            for (int j = 0; j < IH * IW; j++) t.xf[i * IH * IW + j] *= (float)(i + 1) / B;
+        int32_t g[B * MO], b1[B * MO], b4[B * MO], b4b[B * MO];
+        ck_assert_int_eq(m.ops->decode(&m, &t.b, 1, 0.6f, MO, g), 0);
+        ck_assert_int_eq(nn_captioner_beam_search(&m, &t.b, 1, 0.6f, MO, b1), 0);
+        ck_assert_mem_eq(g, b1, sizeof g);
+        ck_assert_int_eq(m.ops->decode(&m, &t.b, 4, 0.6f, MO, b4), 0);
+        ck_assert_int_eq(m.ops->decode(&m, &t.b, 4, 0.6f, MO, b4b), 0);
+        ck_assert_mem_eq(b4, b4b, sizeof b4);
+        for (int i = 0; i < B; i++) {
+            const int32_t *rows[2] = {g + i * MO, b4 + i * MO};
+            for (int r = 0; r < 2; r++) {
+                int t_end = MO;
+                for (int k = 0; k < MO; k++) {
+                    int32_t id = rows[r][k];
+                    ck_assert_int_ne(id, NN_BOS);
+                    ck_assert(id >= 0 && id < V);
+                    if (k < t_end) ck_assert_int_ne(id, NN_PAD);
+                    else ck_assert_int_eq(id, NN_PAD);
+                    if (id == NN_EOS && t_end == MO) t_end = k + 1;
+                }
+            }
+        }
+        /* the greedy decode of a sub-batch gives the same captions */
+        nn_batch sub = t.b;
+        sub.B = 2;
+        int32_t g2[2 * MO];
+        ck_assert_int_eq(m.ops->decode(&m, &sub, 1, 0.6f, MO, g2), 0);
+        ck_assert_mem_eq(g2, g, sizeof g2);
+        tcap_free(&t);
+        nn_model_free(&m);
+    }
+}
+END_TEST
+
+START_TEST(test_attention_rows_are_distributions_until_eos) {
+    enum { V = 10, B = 4, U = 6, IH = 12, IW = 8, MO = 6 };
+    nn_model m;
+    cap_make_sharp(&m, "lstm", "bahdanau", V, B, U, IH, IW);
+    const int yl[B] = {1, 2, 3, 4};
+    tcap t;
+    tcap_make(&t, B, U, yl, IH * IW, V, 50);
+    int Bq, steps, gh, gw;
+    ck_assert_ptr_null(nn_captioner_attention(&m, &Bq, &steps, &gh, &gw));
+    ck_assert_int_eq(Bq, 0);
+    int32_t out[B * MO];
+    ck_assert_int_eq(m.ops->decode(&m, &t.b, 1, 0.0f, MO, out), 0);
+    const float *a = nn_captioner_attention(&m, &Bq, &steps, &gh, &gw);
+    ck_assert_ptr_nonnull(a);
+    ck_assert_int_eq(Bq, B);
+    ck_assert_int_eq(steps, MO);
+    ck_assert_int_eq(gh, IH / 4);
+    ck_assert_int_eq(gw, IW / 4);
+    for (int i = 0; i < B; i++) {
+        int live = 1;
+        for (int k = 0; k < MO; k++) {
+            double s = 0, mx = 0;
+            for (int j = 0; j < gh * gw; j++) {
+                float v = a[((size_t)i * MO + k) * gh * gw + j];
+                ck_assert(v >= 0.0f);
+                s += v;
+                mx = v > mx ? v : mx;
+            }
+            ck_assert_double_eq_tol(s, live ? 1.0 : 0.0, 1e-5);
+            if (out[i * MO + k] == NN_EOS) live = 0;
+        }
+    }
+    /* beam search does not leave weights behind, nor does a model without attention */
+    ck_assert_int_eq(m.ops->decode(&m, &t.b, 3, 0.0f, MO, out), 0);
+    ck_assert_ptr_null(nn_captioner_attention(&m, NULL, NULL, NULL, NULL));
+    nn_model m2;
+    cap_make_sharp(&m2, "gru", "none", V, B, U, IH, IW);
+    ck_assert_int_eq(m2.ops->decode(&m2, &t.b, 1, 0.0f, MO, out), 0);
+    ck_assert_ptr_null(nn_captioner_attention(&m2, NULL, NULL, NULL, NULL));
+    ck_assert_ptr_null(nn_captioner_attention(NULL, NULL, NULL, NULL, NULL));
+    nn_model_free(&m2);
+    tcap_free(&t);
+    nn_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_captioner_rejects_bad_configuration_and_batches) {
+    nn_model m;
+    const char *bad[][2] = {{"channels", "0"}, {"channels", "8,x"}, {"channels", ""},
+                            {"channels", "1,1,1,1,1,1,1"}, {"kernel", "2"}, {"pool", "0"},
+                            {"cell", "rnn"}, {"attention", "luong"}, {"hidden", "0"}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const char *kv[] = {bad[i][0], bad[i][1], NULL};
+        ck_assert_msg(cap_make(&m, kv, 9, 2, 4, 8, 8) == NN_ERR_CONFIG, "%s=%s accepted",
+                      bad[i][0], bad[i][1]);
+        ck_assert_ptr_null(m.impl);
+    }
+    /* three blocks pooling an 8x8 image by 4: nothing left */
+    const char *deep[] = {"channels", "2,2,2", "pool", "4", NULL};
+    ck_assert_int_eq(cap_make(&m, deep, 9, 2, 4, 8, 8), NN_ERR_SHAPE);
+    ck_assert_str_ne(nn_error(), "");
+    ck_assert_int_eq(cap_make(&m, NULL, 3, 2, 4, 8, 8), NN_ERR_SHAPE); /* no word ids */
+    ck_assert_int_eq(cap_make(&m, NULL, 9, 2, 4, 8, 8), 0);
+    const int yl[2] = {4, 2};
+    tcap t;
+    tcap_make(&t, 2, 4, yl, 64, 9, 60);
+    nn_stats st = {0};
+    t.y[3] = 9; /* outside the vocabulary */
+    ck_assert_int_eq(m.ops->forward_backward(&m, &t.b, 1.0f, &st), NN_ERR_DATA);
+    t.y[3] = -1;
+    ck_assert_int_eq(m.ops->evaluate(&m, &t.b, &st), NN_ERR_DATA);
+    t.y[3] = NN_EOS;
+    t.b.U = 5; /* longer than max_len_tgt */
+    ck_assert_int_eq(m.ops->evaluate(&m, &t.b, &st), NN_ERR_SHAPE);
+    t.b.U = 4;
+    t.b.D = 63; /* not the image size */
+    ck_assert_int_eq(m.ops->evaluate(&m, &t.b, &st), NN_ERR_SHAPE);
+    t.b.D = 64;
+    t.b.B = 3; /* more than max_batch */
+    ck_assert_int_eq(m.ops->evaluate(&m, &t.b, &st), NN_ERR_SHAPE);
+    t.b.B = 0; /* an empty batch is fine and adds nothing */
+    ck_assert_int_eq(m.ops->forward_backward(&m, &t.b, 1.0f, &st), 0);
+    ck_assert_double_eq(st.count, 0);
+    t.b.B = 2;
+    int32_t out[8];
+    ck_assert_int_eq(m.ops->decode(&m, &t.b, 0, 0.0f, 4, out), NN_ERR_CONFIG);
+    tcap_free(&t);
+    nn_model_free(&m);
+}
+END_TEST
+
+START_TEST(test_attention_picture_has_its_size_and_range) {
+    enum { V = 10, B = 3, U = 5, IH = 16, IW = 12 };
+    nn_model m;
+    cap_make_sharp(&m, "lstm", "bahdanau", V, B, U, IH, IW);
+    const int yl[B] = {5, 5, 5};
+    tcap t;
+    tcap_make(&t, B, U, yl, IH * IW, V, 70);
+    float *img = malloc(((size_t)1 << 22) * sizeof *img);
+    int h = 0, w = 0;
+    const char *name = NULL;
+    ck_assert_int_eq(m.ops->visualize(&m, &t.b, 0, img, &h, &w, &name), 0);
+    ck_assert_str_eq(name, "attention");
+    int32_t out[B * U];
+    ck_assert_int_eq(m.ops->decode(&m, &t.b, 1, 0.0f, U, out), 0);
+    int cols = 1;
+    for (int i = 0; i < B; i++) {
+        int n = 0;
+        while (n < U && out[i * U + n] != NN_PAD) n++;
+        cols = 1 + n > cols ? 1 + n : cols;
+    }
+    int zoom = (112 + IH - 1) / IH, TH = IH * zoom, TW = IW * zoom;
+    int fs = TW >= 100 ? 2 : 1;
+    ck_assert_int_eq(w, 4 + cols * (TW + 4));
+    ck_assert_int_eq(h, 4 + B * (TH + 7 * fs + 6 + 4));
+    int dark = 0;
+    for (size_t i = 0; i < (size_t)h * w; i++) {
+        ck_assert(img[i] >= 0.0f && img[i] <= 1.0f);
+        dark += img[i] < 0.5f;
+    }
+    ck_assert_int_gt(dark, 0);
+    /* the first tile is the image itself, upsampled */
+    for (int y = 0; y < TH; y += 5)
+        for (int x = 0; x < TW; x += 5)
+            ck_assert_float_eq_tol(img[(size_t)(4 + y) * w + 4 + x],
+                                   t.xf[(y / zoom) * IW + x / zoom], 1e-6);
+    ck_assert_int_eq(m.ops->visualize(&m, &t.b, 1, img, &h, &w, &name), NN_ERR_UNSUPPORTED);
+    const char *words[V] = {"<pad>", "<unk>", "<s>", "</s>", "tshirt", "trouser", "bag",
+                            "coat", "boot", "dress"};
+    int h2, w2;
+    ck_assert_int_eq(nn_captioner_figure(&m, &t.b, 2, words, V, img, &h2, &w2), 0);
+    ck_assert_int_eq(h2, 4 + 2 * (TH + 7 * fs + 6 + 4));
+    free(img);
+    tcap_free(&t);
+    nn_model_free(&m);
+}
+END_TEST
+
+/* ---- a short run on the fixture -------------------------------------------------------- */
+
+typedef struct split {
+    int64_t n, L;
+    float *x;
+    int32_t *tok, *len;
+} split;
+
+static void split_read(split *s, const char *group, int64_t D) {
+    char ds[64];
+    int64_t rows, cols;
+    snprintf(ds, sizeof ds, "%s/tokens", group);
+    ck_assert_int_eq(io_dense_cols(FIXTURE, ds, &s->n, &s->L), IO_OK);
+    s->tok = malloc((size_t)(s->n * s->L) * sizeof(int32_t));
+    s->len = malloc((size_t)s->n * sizeof(int32_t));
+    ck_assert_int_eq(io_dense_read_tokens(FIXTURE, ds, 0, s->n, s->tok), IO_OK);
+    snprintf(ds, sizeof ds, "%s/x", group);
+    ck_assert_int_eq(io_dense_info(FIXTURE, ds, &rows, &cols), IO_OK);
+    ck_assert_int_eq(rows, s->n);
+    ck_assert_int_eq(cols, D);
+    s->x = malloc((size_t)(s->n * D) * sizeof(float));
+    ck_assert_int_eq(io_dense_read_rows(FIXTURE, ds, 0, s->n, s->x), IO_OK);
+    for (int64_t i = 0; i < s->n; i++) {
+        int l = 0;
+        while (l < s->L && s->tok[i * s->L + l] != NN_PAD) l++;
+        s->len[i] = l;
+    }
+}
+
+static void split_free(split *s) { free(s->x), free(s->tok), free(s->len); }
+
+static void split_batch(nn_batch *b, const split *s, int64_t i0, int B, int D) {
+    memset(b, 0, sizeof *b);
+    b->B = B;
+    b->D = D;
+    b->xf = s->x + i0 * D;
+    b->U = (int)s->L;
+    b->y = s->tok + i0 * s->L;
+    b->y_len = s->len + i0;
+}
+
+static double split_loss(nn_model *m, const split *s, int D) {
+    nn_stats st = {0};
+    for (int64_t i = 0; i < s->n; i += 30) {
+        nn_batch b;
+        split_batch(&b, s, i, (int)(s->n - i < 30 ? s->n - i : 30), D);
+        if (m->ops->evaluate(m, &b, &st) < 0) { /* also used outside Check (run_main) */
+            fprintf(stderr, "evaluate: %s\n", nn_error());
+            abort();
+        }
+    }
+    return st.loss / st.count;
+}
+
+static void adam_step(nn_params *ps, float *mm, float *vv, int t, float lr, float gscale) {
+    float b1 = 0.9f, b2 = 0.999f;
+    float c1 = 1.0f - powf(b1, (float)t), c2 = 1.0f - powf(b2, (float)t);
+    for (size_t i = 0; i < ps->total; i++) {
+        float g = ps->grad[i] * gscale;
+        mm[i] = b1 * mm[i] + (1 - b1) * g;
+        vv[i] = b2 * vv[i] + (1 - b2) * g * g;
+        ps->data[i] -= lr * (mm[i] / c1) / (sqrtf(vv[i] / c2) + 1e-8f);
+    }
+}
+
+START_TEST(test_short_training_on_the_fixture_learns_from_the_image) {
+    int64_t shape[3];
+    ck_assert_int_eq(io_dense_attr_i64(FIXTURE, "image_shape", shape, 3), IO_OK);
+    io_vocab v;
+    ck_assert_int_eq(io_dense_vocab(FIXTURE, "vocab", &v), IO_OK);
+    int D = (int)(shape[0] * shape[1] * shape[2]);
+    split tr, va;
+    split_read(&tr, "train", D);
+    split_read(&va, "valid", D);
+    enum { BS = 20, STEPS = 600 };
+    const float LR = 3e-3f;
+    const char *kv[] = {"cell", "lstm", "attention", "bahdanau", "channels", "8,16", "dim", "16",
+                        "hidden", "48", NULL};
+    nn_config cfg = {0};
+    for (int i = 0; kv[i]; i += 2) ck_assert_int_eq(nn_config_set(&cfg, kv[i], kv[i + 1]), 0);
+    nn_dims d = {0};
+    d.vocab_tgt = v.n;
+    d.max_batch = 30;
+    d.max_len_tgt = (int)tr.L;
+    d.image_c = (int)shape[0], d.image_h = (int)shape[1], d.image_w = (int)shape[2];
+    d.features = D;
+    nn_model m;
+    ck_assert_int_eq(nn_model_init(&m, &nn_captioner_ops, &cfg, &d, 3), 0);
+    nn_config_free(&cfg);
+    double before = split_loss(&m, &va, D);
+    float *mm = calloc(m.params.total, sizeof *mm), *vv = calloc(m.params.total, sizeof *vv);
+    for (int step = 0; step < STEPS; step++) {
+        int64_t i0 = ((int64_t)step * BS) % tr.n;
+        nn_batch b;
+        split_batch(&b, &tr, i0, (int)(tr.n - i0 < BS ? tr.n - i0 : BS), D);
+        nn_stats st = {0};
+        nn_params_zero_grad(&m.params);
+        ck_assert_int_eq(m.ops->forward_backward(&m, &b, 1.0f, &st), 0);
+        adam_step(&m.params, mm, vv, step + 1, LR, 1.0f / (float)st.count);
+    }
+    double after = split_loss(&m, &va, D), train = split_loss(&m, &tr, D);
+    /* A model that ignores the image sees the same input for every scene: on any set its
+     * loss is at least the entropy of the words, about 4/5 ln 10 = 1.84 nats per token
+     * (four near-uniform class words and a certain </s>). Below it, the image is used. */
+    double blind = 0.8 * log(10.0);
+    if (getenv("NN_TEST_VERBOSE"))
+        fprintf(stderr, "fixture: valid loss/token %.3f -> %.3f (train %.3f, image-blind %.3f)\n",
+                before, after, train, blind);
+    ck_assert_msg(train < 0.6 * before && after < 0.75 * before,
+                  "loss per token %g -> train %g, valid %g", before, train, after);
+    ck_assert_msg(train < 0.8 * blind, "train loss %g not clearly below image-blind %g", train,
+                  blind);
+    /* 300 scenes are few: held-out scenes gain less, but still clearly beat the bound */
+    ck_assert_msg(after < 0.8 * blind, "valid loss %g not clearly below image-blind %g", after,
+                  blind);
+    free(mm), free(vv);
+    split_free(&tr), split_free(&va);
+    io_vocab_free(&v);
+    nn_model_free(&m);
+}
+END_TEST
+
+/* ---- the measurement driver (not a test) ------------------------------------------------- */
+/* `test_captioner run [--key value ...]` trains a captioner with Adam on the train split of
+ * a prepare-captions file and reports the test loss, exact-match caption accuracy, per-word
+ * accuracy and BLEU (trainer/bleu.c on ids, EOS and padding stripped) for greedy decoding
+ * and beam search; --figure writes the attention picture of the first test scenes with
+ * their words, and the generated captions go to stdout; --save/--load write and read the
+ * parameters as raw float32 (--load with --steps 0 only evaluates). scripts/caption-figure
+ * runs it. */
+
+typedef struct run_opts {
+    const char *data, *attention, *cell, *channels, *hidden, *dim, *figure, *save, *load;
+    const char *positions;
+    int steps, batch, beam, test_n, seed, threads;
+    double lr;
+} run_opts;
+
+static int run_split_read(split *s, const char *path, const char *group, int64_t D, int64_t max) {
+    char ds[64];
+    int64_t rows, cols;
+    snprintf(ds, sizeof ds, "%s/tokens", group);
+    if (io_dense_cols(path, ds, &s->n, &s->L) < 0) return -1;
+    if (max > 0 && s->n > max) s->n = max;
+    s->tok = malloc((size_t)(s->n * s->L) * sizeof(int32_t));
+    s->len = malloc((size_t)s->n * sizeof(int32_t));
+    s->x = malloc((size_t)(s->n * D) * sizeof(float));
+    if (!s->tok || !s->len || !s->x) return -1;
+    if (io_dense_read_tokens(path, ds, 0, s->n, s->tok) < 0) return -1;
+    snprintf(ds, sizeof ds, "%s/x", group);
+    if (io_dense_info(path, ds, &rows, &cols) < 0 || cols != D) return -1;
+    for (int64_t r = 0; r < s->n; r += 1000)
+        if (io_dense_read_rows(path, ds, r, s->n - r < 1000 ? s->n - r : 1000, s->x + r * D) < 0)
+            return -1;
+    for (int64_t i = 0; i < s->n; i++) {
+        int l = 0;
+        while (l < s->L && s->tok[i * s->L + l] != NN_PAD) l++;
+        s->len[i] = l;
+    }
+    return 0;
+}
+
+/* Decodes split s with beam K and prints exact match, word accuracy and BLEU. */
+static void run_eval_decode(nn_model *m, const split *s, int D, int K, const char *what) {
+    enum { EB = 50 };
+    int L = (int)s->L, MO = L + 2;
+    int32_t *out = malloc((size_t)EB * MO * sizeof(int32_t));
+    bleu_stats bs;
+    memset(&bs, 0, sizeof bs);
+    long exact = 0, words = 0, hits = 0;
+    for (int64_t i0 = 0; i0 < s->n; i0 += EB) {
+        int B = (int)(s->n - i0 < EB ? s->n - i0 : EB);
+        nn_batch b;
+        split_batch(&b, s, i0, B, D);
+        if (m->ops->decode(m, &b, K, 0.6f, MO, out) < 0) {
+            fprintf(stderr, "decode: %s\n", nn_error());
+            exit(1);
+        }
+        for (int i = 0; i < B; i++) {
+            const int32_t *h = out + (size_t)i * MO, *r = s->tok + (i0 + i) * L;
+            int nh = 0, nr = 0;
+            while (nh < MO && h[nh] != NN_EOS && h[nh] != NN_PAD) nh++;
+            while (nr < L && r[nr] != NN_EOS && r[nr] != NN_PAD) nr++;
+            exact += nh == nr && memcmp(h, r, (size_t)nr * sizeof *r) == 0;
+            for (int k = 0; k < nr; k++) hits += k < nh && h[k] == r[k];
+            words += nr;
+            const int32_t *refs[1] = {r};
+            bleu_add_tokens(&bs, h, nh, refs, &nr, 1);
+        }
+    }
+    printf("%s beam %d: exact match %.2f%% (%ld/%ld), words in place %.2f%%, BLEU %.2f\n",
+           what, K, 100.0 * exact / s->n, exact, (long)s->n, 100.0 * hits / words,
+           bleu_score(&bs, NULL, NULL));
+    free(out);
+}
+
+static int run_main(int argc, char **argv) {
+    run_opts o = {"data/captions/captions.h5", "bahdanau", "lstm", "16,32", "128", "32", NULL,
+                  NULL, NULL, "true", 2000, 32, 5, 0, 1, 1, 3e-3};
+    for (int i = 0; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+        if (!strcmp(k, "--data")) o.data = v;
+        else if (!strcmp(k, "--attention")) o.attention = v;
+        else if (!strcmp(k, "--cell")) o.cell = v;
+        else if (!strcmp(k, "--channels")) o.channels = v;
+        else if (!strcmp(k, "--hidden")) o.hidden = v;
+        else if (!strcmp(k, "--dim")) o.dim = v;
+        else if (!strcmp(k, "--figure")) o.figure = v;
+        else if (!strcmp(k, "--save")) o.save = v;
+        else if (!strcmp(k, "--positions")) o.positions = v;
+        else if (!strcmp(k, "--load")) o.load = v;
+        else if (!strcmp(k, "--steps")) o.steps = atoi(v);
+        else if (!strcmp(k, "--batch")) o.batch = atoi(v);
+        else if (!strcmp(k, "--beam")) o.beam = atoi(v);
+        else if (!strcmp(k, "--test-n")) o.test_n = atoi(v);
+        else if (!strcmp(k, "--seed")) o.seed = atoi(v);
+        else if (!strcmp(k, "--threads")) o.threads = atoi(v);
+        else if (!strcmp(k, "--lr")) o.lr = atof(v);
+        else {
+            fprintf(stderr, "run: unknown option %s\n", k);
+            return 2;
+        }
+    }
+    nn_set_threads(o.threads);
+    int64_t shape[3];
+    io_vocab v;
+    if (io_dense_attr_i64(o.data, "image_shape", shape, 3) < 0 ||
+        io_dense_vocab(o.data, "vocab", &v) < 0) {
+        fprintf(stderr, "run: %s\n", io_error());
+        return 1;
+    }
+    int D = (int)(shape[0] * shape[1] * shape[2]);
+    split tr, va, te;
+    if (run_split_read(&tr, o.data, "train", D, 0) < 0 ||
+        run_split_read(&va, o.data, "valid", D, 0) < 0 ||
+        run_split_read(&te, o.data, "test", D, o.test_n) < 0) {
+        fprintf(stderr, "run: %s\n", io_error());
+        return 1;
+    }
+    nn_config cfg = {0};
+    nn_config_set(&cfg, "attention", o.attention);
+    nn_config_set(&cfg, "cell", o.cell);
+    nn_config_set(&cfg, "channels", o.channels);
+    nn_config_set(&cfg, "hidden", o.hidden);
+    nn_config_set(&cfg, "dim", o.dim);
+    nn_config_set(&cfg, "positions", o.positions);
+    nn_dims d = {0};
+    d.vocab_tgt = v.n;
+    d.max_batch = o.batch > 50 ? o.batch : 50;
+    d.max_len_tgt = (int)tr.L;
+    d.image_c = (int)shape[0], d.image_h = (int)shape[1], d.image_w = (int)shape[2];
+    d.features = D;
+    nn_model m;
+    if (nn_model_init(&m, &nn_captioner_ops, &cfg, &d, (uint64_t)o.seed) < 0) {
+        fprintf(stderr, "run: %s\n", nn_error());
+        return 1;
+    }
+    nn_config_free(&cfg);
+    printf("captioner %s attention=%s positions=%s channels=%s hidden=%s dim=%s: %zu parameters; "
+           "train %ld valid %ld test %ld scenes of %dx%dx%d; %d steps of %d, Adam lr %g, seed %d\n",
+           o.cell, o.attention, o.positions, o.channels, o.hidden, o.dim, m.params.total, (long)tr.n,
+           (long)va.n, (long)te.n, d.image_c, d.image_h, d.image_w, o.steps, o.batch, o.lr,
+           o.seed);
+    fflush(stdout);
+    if (o.load) { /* raw float32 parameters written by --save of the same configuration */
+        FILE *f = fopen(o.load, "rb");
+        size_t got = f ? fread(m.params.data, sizeof(float), m.params.total, f) : 0;
+        if (!f || got != m.params.total || fgetc(f) != EOF) {
+            fprintf(stderr, "run: %s is not %zu float32 parameters\n", o.load, m.params.total);
+            return 1;
+        }
+        fclose(f);
+    }
+    float *mm = calloc(m.params.total, sizeof *mm), *vv = calloc(m.params.total, sizeof *vv);
+    float *bx = malloc((size_t)o.batch * D * sizeof(float));
+    int32_t *by = malloc((size_t)o.batch * tr.L * sizeof(int32_t)), *bl = malloc(o.batch * 4);
+    int64_t *perm = malloc((size_t)tr.n * sizeof(int64_t)), pos = tr.n, epoch = 0;
+    double run_loss = 0, run_cnt = 0;
+    for (int step = 0; step < o.steps; step++) {
+        for (int i = 0; i < o.batch; i++) {
+            if (pos == tr.n) { /* a new shuffled epoch */
+                nn_rng r = nn_rng_make((uint64_t)o.seed, (uint64_t)epoch++, 0, NN_RNG_SHUFFLE);
+                for (int64_t j = 0; j < tr.n; j++) perm[j] = j;
+                for (int64_t j = tr.n - 1; j > 0; j--) {
+                    int64_t k = nn_rng_below(&r, (uint32_t)(j + 1)), t = perm[j];
+                    perm[j] = perm[k], perm[k] = t;
+                }
+                pos = 0;
+            }
+            int64_t e = perm[pos++];
+            memcpy(bx + (size_t)i * D, tr.x + e * D, (size_t)D * sizeof(float));
+            memcpy(by + (size_t)i * tr.L, tr.tok + e * tr.L, (size_t)tr.L * sizeof(int32_t));
+            bl[i] = tr.len[e];
+        }
+        nn_batch b = {0};
+        b.B = o.batch, b.D = D, b.xf = bx, b.U = (int)tr.L, b.y = by, b.y_len = bl;
+        b.step = (uint64_t)step;
+        nn_stats st = {0};
+        nn_params_zero_grad(&m.params);
+        if (m.ops->forward_backward(&m, &b, 1.0f, &st) < 0) {
+            fprintf(stderr, "run: %s\n", nn_error());
+            return 1;
+        }
+        adam_step(&m.params, mm, vv, step + 1, (float)o.lr, 1.0f / (float)st.count);
+        run_loss += st.loss, run_cnt += st.count;
+        if ((step + 1) % 250 == 0 || step + 1 == o.steps) {
+            printf("step %d: train loss/token %.4f\n", step + 1, run_loss / run_cnt);
+            fflush(stdout);
+            run_loss = run_cnt = 0;
+        }
+    }
+    if (o.save) {
+        FILE *f = fopen(o.save, "wb");
+        if (!f || fwrite(m.params.data, sizeof(float), m.params.total, f) != m.params.total ||
+            fclose(f) != 0) {
+            fprintf(stderr, "run: cannot write %s\n", o.save);
+            return 1;
+        }
+    }
+    printf("valid loss/token %.4f, test loss/token %.4f\n", split_loss(&m, &va, D),
+           split_loss(&m, &te, D));
+    run_eval_decode(&m, &te, D, 1, "test");
+    if (o.beam > 1) run_eval_decode(&m, &te, D, o.beam, "test");
+    if (o.figure) {
+        nn_batch b;
+        int n = te.n < 6 ? (int)te.n : 6;
+        split_batch(&b, &te, 0, n, D);
+        float *img = malloc(((size_t)1 << 22) * sizeof *img);
+        int h, w;
+        if (nn_captioner_figure(&m, &b, n, (const char *const *)v.word, v.n, img, &h, &w) < 0 ||
+            io_png_write_gray(o.figure, img, h, w) < 0) {
+            fprintf(stderr, "run: figure: %s%s\n", nn_error(), io_error());
+            return 1;
+        }
+        int32_t out[6 * 16];
+        int MO = (int)te.L + 2;
+        m.ops->decode(&m, &b, 1, 0.0f, MO, out);
+        for (int i = 0; i < n; i++) {
+            printf("scene %d: reference \"", i);
+            for (int k = 0; k < te.L && te.tok[i * te.L + k] > NN_EOS; k++)
+                printf("%s%s", k ? " " : "", v.word[te.tok[i * te.L + k]]);
+            printf("\", generated \"");
+            for (int k = 0; k < MO && out[i * MO + k] > NN_EOS; k++)
+                printf("%s%s", k ? " " : "", v.word[out[i * MO + k]]);
+            printf("\"\n");
+        }
+        printf("figure: %s (%dx%d)\n", o.figure, w, h);
+        free(img);
+    }
+    free(mm), free(vv), free(bx), free(by), free(bl), free(perm);
+    split_free(&tr), split_free(&va), split_free(&te);
+    io_vocab_free(&v);
+    nn_model_free(&m);
+    return 0;
+}
+
 static Suite *captioner_suite(void) {
     Suite *s = suite_create("captioner");
     TCase *tc = tcase_create("layers");
@@ -420,13 +970,23 @@ static Suite *captioner_suite(void) {
     tcase_add_test(tc, test_captioner_gradients_lstm_no_attention);
     tcase_add_test(tc, test_captioner_gradients_gru_no_attention);
     suite_add_tcase(s, tc);
+    tc = tcase_create("decoding");
+    tcase_add_test(tc, test_beam_one_equals_greedy_and_outputs_are_well_formed);
+    tcase_add_test(tc, test_attention_rows_are_distributions_until_eos);
+    tcase_add_test(tc, test_captioner_rejects_bad_configuration_and_batches);
+    tcase_add_test(tc, test_attention_picture_has_its_size_and_range);
+    suite_add_tcase(s, tc);
     tc = tcase_create("io");
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_io_reads_tokens_vocab_and_image_shape);
+    tcase_add_test(tc, test_short_training_on_the_fixture_learns_from_the_image);
     suite_add_tcase(s, tc);
     return s;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "run") == 0) return run_main(argc - 2, argv + 2);
+    nn_set_threads(1);
     SRunner *sr = srunner_create(captioner_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
