@@ -1125,7 +1125,7 @@ static int cap_visualize_(nn_model *m, const nn_batch *b, int panel, float *img,
                           const char **name) {
     if (panel != 0) return NN_ERR_UNSUPPORTED;
     *name = "attention";
-    return nn_captioner_figure(m, b, b->B < 6 ? b->B : 6, NULL, 0, img, h, w);
+    return nn_captioner_figure(m, b, b->B < 6 ? b->B : 6, m->words, m->n_words, img, h, w);
 }
 
 const nn_model_ops nn_captioner_ops = {

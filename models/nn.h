@@ -296,6 +296,10 @@ struct nn_model {
      * goes on. Calling it is optional and never changes results. */
     void (*grad_ready)(void *ctx, size_t lo);
     void *grad_ready_ctx;
+    /* Optional, set by the trainer: the words of the output vocabulary (n_words of them),
+     * for models that write text into their pictures. NULL: ids are drawn instead. */
+    const char *const *words;
+    int n_words;
 };
 
 static inline void nn_grad_ready(nn_model *m, int param_index) {

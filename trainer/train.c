@@ -649,6 +649,10 @@ static void write_pictures(run *r, const trainer_split *s) {
     if (trainer_batch_fill(&r->batch, &r->data, s, r->slots, b, (uint64_t)r->ts.step) < 0) return;
     float *img = malloc(sizeof(float) << 22);
     if (!img) return;
+    if (r->data.tgt.n > 0) {
+        r->model.words = (const char *const *)r->data.tgt.word;
+        r->model.n_words = r->data.tgt.n;
+    }
     for (int panel = 0; panel < 16; panel++) {
         int h = 0, w = 0;
         const char *name = NULL;
