@@ -319,5 +319,6 @@ extern const nn_model_ops nn_bow_classifier_ops;
 #include "models/nn_s2s.h"
 #include "models/nn_ae.h"
 #include "models/nn_attn.h" /* attention and transformer layers (attn.c, gpt.c) */
+#include "models/nn_emb.h"  /* skip-gram/CBOW embeddings, sparse logistic regression */
 
 #endif

@@ -14,5 +14,8 @@ const nn_model_ops *const nn_models[] = {
     &nn_pca_ops,
     &nn_gpt_ops,
     &nn_transformer_ops,
+    &nn_skipgram_ops,
+    &nn_onehot_logreg_ops,
+    &nn_bow_logreg_ops,
     NULL,
 };
