@@ -317,12 +317,17 @@ static int sg_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     }
     if ((rc = sg_tables_(w, d->vocab_counts)) < 0) return rc;
 
-    /* word2vec's initialisation: inputs U(-0.5/dim, 0.5/dim), outputs zero */
+    /* neg: word2vec's initialisation, inputs U(-0.5/dim, 0.5/dim), outputs zero.
+     * softmax (the course version): PyTorch's defaults for an embedding followed by a
+     * linear layer, N(0, 1) and U(-1/sqrt(dim), 1/sqrt(dim)), so learning starts at once. */
     int shape[2] = {w->V, w->dim};
-    if ((rc = nn_params_add(&m->params, "input/weight", 2, shape, NN_INIT_UNIFORM,
-                            0.5f / (float)w->dim, &w->In, &w->dIn)) < 0 ||
-        (rc = nn_params_add(&m->params, "output/weight", 2, shape, NN_INIT_ZERO, 0.0f, &w->Out,
-                            &w->dOut)) < 0)
+    float bound = 1.0f / sqrtf((float)w->dim);
+    if ((rc = nn_params_add(&m->params, "input/weight", 2, shape,
+                            w->softmax ? NN_INIT_NORMAL : NN_INIT_UNIFORM,
+                            w->softmax ? 1.0f : 0.5f / (float)w->dim, &w->In, &w->dIn)) < 0 ||
+        (rc = nn_params_add(&m->params, "output/weight", 2, shape,
+                            w->softmax ? NN_INIT_UNIFORM : NN_INIT_ZERO, w->softmax ? bound : 0.0f,
+                            &w->Out, &w->dOut)) < 0)
         return rc;
     return NN_OK;
 }
