@@ -347,7 +347,7 @@ static double cosine(const float *a, const float *b, int d) {
     return ab / sqrt(aa * bb + 1e-30);
 }
 
-static void check_synthetic(const char *loss, int cbow) {
+static void check_synthetic(const char *loss, int cbow, float lr) {
     /* ids: 4 a1, 5 a2, 6 b1, 7 b2, 8..11 x, 12..15 y */
     enum { V = 16, T = 30, B = 8, D = 16 };
     int64_t counts[V];
@@ -374,7 +374,7 @@ static void check_synthetic(const char *loss, int cbow) {
         nn_params_zero_grad(ps);
         nn_stats st = {0};
         ck_assert_int_eq(m.ops->forward_backward(&m, &b, 1.0f / (B * T), &st), NN_OK);
-        for (size_t i = 0; i < ps->total; i++) ps->data[i] -= 1.0f * ps->grad[i];
+        for (size_t i = 0; i < ps->total; i++) ps->data[i] -= lr * ps->grad[i];
     }
     const float *E = ps->data; /* input/weight is registered first */
     double same = cosine(E + 4 * D, E + 5 * D, D), other = cosine(E + 4 * D, E + 6 * D, D);
@@ -389,9 +389,9 @@ static void check_synthetic(const char *loss, int cbow) {
 }
 
 START_TEST(test_words_sharing_contexts_end_up_closer) {
-    check_synthetic("neg", 0);
-    check_synthetic("softmax", 0);
-    check_synthetic("neg", 1);
+    check_synthetic("neg", 0, 1.0f);
+    check_synthetic("softmax", 0, 4.0f); /* N(0, 1) inputs: larger moves needed */
+    check_synthetic("neg", 1, 1.0f);
 }
 END_TEST
 
