@@ -56,6 +56,14 @@ size_t nn_sg_softmax_scratch(int K, int V, int dim);
  * For CBOW too (pairs grouped by centre). m must be a built skipgram model. */
 int nn_skipgram_pairs(const nn_model *m, const int32_t *x, int T, uint64_t step, int64_t index,
                       int32_t *centre, int32_t *context, int cap);
+/* Rows of "input/weight" (which 0) or "output/weight" (which 1) that received gradient
+ * in forward_backward since the last nn_skipgram_touched_clear, each once, in first-touch
+ * order; returns the count and points *rows into the model (valid until the next call of
+ * forward_backward or clear). Returns -1 (*rows NULL) for the output of the full softmax,
+ * whose gradient is dense. The prototype of an optional nn_model_ops.touched_rows that
+ * would let a trainer zero, reduce and update only these rows (see scripts/bench-word2vec). */
+int nn_skipgram_touched(const nn_model *m, int which, const int32_t **rows);
+void nn_skipgram_touched_clear(nn_model *m);
 /* The unigram^0.75 table (n entries of ids) and the keep probability of id. */
 const int32_t *nn_skipgram_table(const nn_model *m, int *n);
 float nn_skipgram_keep(const nn_model *m, int id);

@@ -38,6 +38,11 @@ typedef struct sg {
     int32_t *outs;      /* (1 + neg) */
     int32_t *tgt;       /* (2 window) softmax targets */
     float *fbuf;        /* softmax scratch or 2 dim for CBOW */
+    /* rows with gradient since the last nn_skipgram_touched_clear: [0] input, [1] output */
+    uint32_t *mark[2];  /* (V) == epoch when listed */
+    int32_t *list[2];   /* (V) */
+    int n_touched[2];
+    uint32_t epoch;
 } sg;
 
 static const nn_key sg_keys_[] = {
@@ -202,6 +207,10 @@ static void sg_free_(nn_model *m) {
     free(w->outs);
     free(w->tgt);
     free(w->fbuf);
+    for (int k = 0; k < 2; k++) {
+        free(w->mark[k]);
+        free(w->list[k]);
+    }
     free(w);
     m->impl = NULL;
 }
@@ -311,7 +320,13 @@ static int sg_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     w->tgt = malloc(K * sizeof *w->tgt);
     w->outs = malloc((1 + (size_t)neg) * sizeof *w->outs);
     w->fbuf = malloc(nf * sizeof *w->fbuf);
-    if (!w->keep || !w->kept || !w->ctx || !w->tgt || !w->outs || !w->fbuf) {
+    for (int k = 0; k < 2; k++) {
+        w->mark[k] = calloc((size_t)w->V, sizeof *w->mark[k]);
+        w->list[k] = malloc((size_t)w->V * sizeof *w->list[k]);
+    }
+    w->epoch = 1;
+    if (!w->keep || !w->kept || !w->ctx || !w->tgt || !w->outs || !w->fbuf || !w->mark[0] ||
+        !w->mark[1] || !w->list[0] || !w->list[1]) {
         nn_set_error("skipgram: out of memory for scratch");
         return NN_ERR_NOMEM;
     }
@@ -385,7 +400,15 @@ static int sg_check_batch_(const sg *w, const nn_batch *b) {
     return NN_OK;
 }
 
-/* One pass over the batch; gradients when grad_scale != 0 and train. */
+static inline void sg_touch_(sg *w, int k, const int32_t *ids, int n) {
+    for (int i = 0; i < n; i++)
+        if (w->mark[k][ids[i]] != w->epoch) {
+            w->mark[k][ids[i]] = w->epoch;
+            w->list[k][w->n_touched[k]++] = ids[i];
+        }
+}
+
+/* One pass over the batch; gradients when train. */
 static int sg_run_(nn_model *m, const nn_batch *b, int train, float grad_scale, nn_stats *st) {
     sg *w = m->impl;
     int rc = sg_check_batch_(w, b);
@@ -401,11 +424,16 @@ static int sg_run_(nn_model *m, const nn_batch *b, int train, float grad_scale, 
             int K = sg_contexts_(w, w->ctx, w->kept, n, p, &rw);
             if (K == 0) continue;
             int32_t centre = w->kept[p];
+            if (train) {
+                sg_touch_(w, 0, w->ctx, K);
+                sg_touch_(w, 1, &centre, 1);
+            }
             if (w->softmax) {
                 loss += nn_sg_softmax_loss(dIn, dOut, w->In, w->Out, w->dim, w->V, w->ctx, K,
                                            w->cbow, centre, grad_scale, w->fbuf, w->tgt);
             } else {
                 sg_negatives_(w, w->outs, centre, &rn);
+                if (train) sg_touch_(w, 1, w->outs + 1, w->neg);
                 loss += nn_sg_neg_loss(dIn, dOut, w->In, w->Out, w->dim, w->ctx, K, w->cbow,
                                        w->outs, 1 + w->neg, grad_scale, w->fbuf);
             }
@@ -441,6 +469,27 @@ int nn_skipgram_pairs(const nn_model *m, const int32_t *x, int T, uint64_t step,
             }
     }
     return total;
+}
+
+int nn_skipgram_touched(const nn_model *m, int which, const int32_t **rows) {
+    NN_ASSERT(m->ops == &nn_skipgram_ops && (which == 0 || which == 1));
+    const sg *w = m->impl;
+    if (which == 1 && w->softmax) {
+        *rows = NULL;
+        return -1;
+    }
+    *rows = w->list[which];
+    return w->n_touched[which];
+}
+
+void nn_skipgram_touched_clear(nn_model *m) {
+    NN_ASSERT(m->ops == &nn_skipgram_ops);
+    sg *w = m->impl;
+    w->n_touched[0] = w->n_touched[1] = 0;
+    if (++w->epoch == 0) { /* wrapped: forget every old mark */
+        for (int k = 0; k < 2; k++) memset(w->mark[k], 0, (size_t)w->V * sizeof *w->mark[k]);
+        w->epoch = 1;
+    }
 }
 
 const int32_t *nn_skipgram_table(const nn_model *m, int *n) {

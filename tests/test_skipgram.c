@@ -211,6 +211,28 @@ static void check_model_grad(const char *loss, int cbow) {
     ck_assert(st.count > 0);
     /* specials 0..3 get no gradient */
     for (size_t i = 0; i < 4 * 6; i++) ck_assert_float_eq(ps->grad[i], 0.0f);
+    /* every row with a gradient is listed as touched, and each listed row has one */
+    for (int which = 0; which < 2; which++) {
+        const int32_t *rows;
+        int n = nn_skipgram_touched(&c->m, which, &rows);
+        if (which == 1 && strcmp(loss, "softmax") == 0) {
+            ck_assert_int_eq(n, -1);
+            continue;
+        }
+        ck_assert_int_gt(n, 0);
+        const float *g = ps->grad + ps->p[which].offset;
+        for (int v = 0; v < V; v++) {
+            int listed = 0, nz = 0;
+            for (int i = 0; i < n; i++) listed += rows[i] == v;
+            for (int d = 0; d < 6; d++) nz |= g[v * 6 + d] != 0.0f;
+            ck_assert_int_le(listed, 1);
+            ck_assert_msg(listed == nz, "%s row %d: listed %d, gradient %s", which ? "output" : "input",
+                          v, listed, nz ? "nonzero" : "zero");
+        }
+    }
+    nn_skipgram_touched_clear(&c->m);
+    const int32_t *rows0;
+    ck_assert_int_eq(nn_skipgram_touched(&c->m, 0, &rows0), 0);
     char what[64];
     snprintf(what, sizeof what, "model %s%s", loss, cbow ? " cbow" : "");
     check_grad(model_loss, c, ps->data, ps->grad, ps->total, 1e-2f, 1e-2, what);
