@@ -3,7 +3,7 @@
  *
  * skipgram ("lm" data): every position of a window of token ids is a centre; after
  * frequent-word subsampling, the kept words within a dynamic window (uniform 1..window)
- * around it are its contexts. word2vec's orientation: the INPUT vector of a context word
+ * around it are its contexts, except occurrences of the centre word itself. word2vec's orientation: the INPUT vector of a context word
  * predicts the OUTPUT vector of the centre (skip-gram), or the mean of the contexts' input
  * vectors predicts the centre (CBOW). Output layers: full softmax over the vocabulary, or
  * negative sampling with `negative` draws from a unigram^0.75 table, shared by all the

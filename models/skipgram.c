@@ -24,7 +24,7 @@
 #define SG_N_SPECIAL 4 /* <pad> <unk> <s> </s>: never trained on */
 
 typedef struct sg {
-    int V, dim, window, neg, cbow, softmax;
+    int V, dim, window, neg, cbow, softmax, share;
     double sample;
     int max_batch, max_T;
     float *In, *dIn;    /* (V, dim) input vectors: the embeddings */
@@ -52,6 +52,8 @@ static const nn_key sg_keys_[] = {
     {"sample", "1e-4", "frequent-word subsampling threshold (0: off)"},
     {"loss", "neg", "output layer: neg (negative sampling) or softmax (full, small vocabularies)"},
     {"cbow", "0", "1: the mean of the context vectors predicts the centre (CBOW)"},
+    {"share-negatives", "1", "1: one set of negatives per centre, shared by its contexts "
+                             "(Ji et al.); 0: fresh negatives per (centre, context) pair"},
     {NULL, NULL, NULL},
 };
 
@@ -271,14 +273,15 @@ static int sg_tables_(sg *w, const int64_t *counts) {
 static int sg_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     long dim, window, neg;
     double sample;
-    int cbow, rc;
+    int cbow, share, rc;
     const char *loss;
     if ((rc = nn_config_int(cfg, "dim", 100, &dim)) < 0 ||
         (rc = nn_config_int(cfg, "window", 5, &window)) < 0 ||
         (rc = nn_config_int(cfg, "negative", 5, &neg)) < 0 ||
         (rc = nn_config_float(cfg, "sample", 1e-4, &sample)) < 0 ||
         (rc = nn_config_choice(cfg, "loss", "neg", "neg|softmax", &loss)) < 0 ||
-        (rc = nn_config_bool(cfg, "cbow", 0, &cbow)) < 0)
+        (rc = nn_config_bool(cfg, "cbow", 0, &cbow)) < 0 ||
+        (rc = nn_config_bool(cfg, "share-negatives", 1, &share)) < 0)
         return rc;
     if (dim < 1 || dim > 4096 || window < 1 || window > SG_MAX_WINDOW || neg < 1 ||
         neg > SG_MAX_NEG || sample < 0) {
@@ -308,6 +311,7 @@ static int sg_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     w->window = (int)window;
     w->neg = (int)neg;
     w->cbow = cbow;
+    w->share = share || cbow; /* CBOW has one prediction per centre anyway */
     w->softmax = strcmp(loss, "softmax") == 0;
     w->sample = sample;
     w->max_batch = d->max_batch;
@@ -363,13 +367,17 @@ static int sg_subsample_(const sg *w, int32_t *kept, const int32_t *x, int T, ui
     return n;
 }
 
-/* Contexts of kept position p (radius from rw) into ctx; returns K. */
+/* Contexts of kept position p (radius from rw) into ctx; returns K. Occurrences of the
+ * centre word itself are not contexts: a pair (w, w) only rewards in[w].out[w], and with
+ * gradients summed over a step, a rare word repeated through a window ("- - -", table
+ * cells) gets that reward many times at once, a positive feedback that made single rows
+ * diverge (norms > 100 within a few hundred steps at word2vec's learning rate). */
 static inline int sg_contexts_(const sg *w, int32_t *ctx, const int32_t *kept, int n, int p,
                                nn_rng *rw) {
     int r = 1 + (int)nn_rng_below(rw, (uint32_t)w->window);
     int lo = p - r < 0 ? 0 : p - r, hi = p + r >= n ? n - 1 : p + r, K = 0;
     for (int q = lo; q <= hi; q++)
-        if (q != p) ctx[K++] = kept[q];
+        if (kept[q] != kept[p]) ctx[K++] = kept[q];
     return K;
 }
 
@@ -431,11 +439,18 @@ static int sg_run_(nn_model *m, const nn_batch *b, int train, float grad_scale, 
             if (w->softmax) {
                 loss += nn_sg_softmax_loss(dIn, dOut, w->In, w->Out, w->dim, w->V, w->ctx, K,
                                            w->cbow, centre, grad_scale, w->fbuf, w->tgt);
-            } else {
+            } else if (w->share) {
                 sg_negatives_(w, w->outs, centre, &rn);
                 if (train) sg_touch_(w, 1, w->outs + 1, w->neg);
                 loss += nn_sg_neg_loss(dIn, dOut, w->In, w->Out, w->dim, w->ctx, K, w->cbow,
                                        w->outs, 1 + w->neg, grad_scale, w->fbuf);
+            } else {
+                for (int k = 0; k < K; k++) {
+                    sg_negatives_(w, w->outs, centre, &rn);
+                    if (train) sg_touch_(w, 1, w->outs + 1, w->neg);
+                    loss += nn_sg_neg_loss(dIn, dOut, w->In, w->Out, w->dim, w->ctx + k, 1, 0,
+                                           w->outs, 1 + w->neg, grad_scale, w->fbuf);
+                }
             }
             count += w->cbow ? 1 : K;
         }

@@ -7,13 +7,14 @@
  * and the parameters are averaged every K steps (model averaging, `--sync-every K`) and
  * at the end. It is a measurement tool, not part of lockstep: no checkpoints, no resume.
  *
- *   mpirun -np P bench_w2v_sparse CKPT SHARD OUT.vec B T LR K
+ *   mpirun -np P bench_w2v_sparse CKPT SHARD OUT.vec B T LR K [SEED [key=value ...]]
  * CKPT: a checkpoint of a `lockstep train --model skipgram` run with the wanted keys (its
  * configuration and vocabulary are used, its parameters are NOT: the model is rebuilt
  * from the seed); SHARD: that run's data/train.shard; B windows of T tokens per step.
  * Prints "words N seconds S words/s W" on rank 0 and writes OUT.vec (word2vec text). */
 #include <mpi.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,8 +42,8 @@ int main(int argc, char **argv) {
     int rank, P;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &P);
-    if (argc != 8) {
-        if (rank == 0) fprintf(stderr, "usage: bench_w2v_sparse CKPT SHARD OUT.vec B T LR K\n");
+    if (argc < 8) {
+        if (rank == 0) fprintf(stderr, "usage: bench_w2v_sparse CKPT SHARD OUT.vec B T LR K [SEED]\n");
         MPI_Finalize();
         return 2;
     }
@@ -55,6 +56,15 @@ int main(int argc, char **argv) {
     }
     long seed = 1;
     nn_config_int(&L.cfg, "seed", 1, &seed);
+    if (argc >= 9) seed = atol(argv[8]); /* a different initialisation, order and sampling */
+    for (int i = 9; i < argc; i++) { /* model keys overriding the checkpoint's */
+        char *eq = strchr(argv[i], '=');
+        if (!eq) MPI_Abort(MPI_COMM_WORLD, 2);
+        *eq = 0;
+        nn_config_set(&L.cfg, argv[i], eq + 1);
+    }
+    long warmup = 0; /* key warmup=N on the command line */
+    nn_config_int(&L.cfg, "warmup", 0, &warmup);
     nn_dims d = {.vocab = L.src->n, .vocab_counts = L.src->count, .max_batch = B, .max_len = T};
     nn_model m;
     if (nn_model_init(&m, &nn_skipgram_ops, &L.cfg, &d, (uint64_t)seed) < 0) {
@@ -84,7 +94,8 @@ int main(int argc, char **argv) {
     float *Pout = ps->data + ps->p[out].offset, *Gout = ps->grad + ps->p[out].offset;
     nn_params_zero_grad(ps);
     MPI_Barrier(MPI_COMM_WORLD);
-    double t0 = now(), t_sync = 0;
+    double t0 = now(), t_sync = 0, lsum = 0, lcount = 0;
+    const int verbose = getenv("W2V_VERBOSE") != NULL;
     int64_t local = 0;
     for (int64_t s = rank; s < steps; s += P, local++) {
         for (int i = 0; i < B; i++) {
@@ -97,7 +108,24 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_w2v_sparse: %s\n", nn_error());
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
-        float lr = lr0 * (1.0f - (float)s / (float)steps);
+        /* the trainer's linear schedule (trainer_lr): warm-up, then linear decay to 0 */
+        lsum += st.loss;
+        lcount += st.count;
+        if (verbose && rank == 0 && local % 250 == 0) {
+            /* the largest input row norm: a diverging row shows here first */
+            double mx = 0;
+            int arg = 0;
+            for (int v = 0; v < d.vocab; v++) {
+                double nr = 0;
+                for (int c = 0; c < dim; c++) nr += (double)Pin[(size_t)v * dim + c] * Pin[(size_t)v * dim + c];
+                if (nr > mx) mx = nr, arg = v;
+            }
+            fprintf(stderr, "step %lld loss %.4f max |in| %.2f (%s)\n", (long long)s,
+                    lcount > 0 ? lsum / lcount : 0.0, sqrt(mx), L.src->word[arg]);
+            lsum = lcount = 0;
+        }
+        float lr = s < warmup ? lr0 * (float)(s + 1) / (float)warmup
+                              : lr0 * (1.0f - (float)(s - warmup) / (float)(steps - warmup));
         const int32_t *rows;
         int n = nn_skipgram_touched(&m, 0, &rows);
         sgd_rows(Pin, Gin, rows, n, dim, lr);

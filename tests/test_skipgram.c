@@ -268,6 +268,12 @@ START_TEST(test_pairs_are_keyed_and_respect_the_dynamic_window) {
     ck_assert_msg(n3 != n1 || memcmp(o1, o2, (size_t)n1 * 4) != 0, "step does not change pairs");
     ck_assert_msg(n4 != n1 || memcmp(o1, o2 + 2048, (size_t)n1 * 4) != 0,
                   "index does not change pairs");
+    /* a word is never its own context, even when repeated through the window */
+    int32_t rep[T];
+    for (int t = 0; t < T; t++) rep[t] = 4 + (t % 3 == 0 ? 0 : t % 5);
+    int nr = nn_skipgram_pairs(&m, rep, T, 9, 1, c1, o1, 4096);
+    ck_assert_int_gt(nr, 0);
+    for (int i = 0; i < nr; i++) ck_assert_int_ne(c1[i], o1[i]);
     /* radius histogram over many keys: uniform in 1..W for interior centres */
     long hist[W + 1] = {0};
     int total = 0;
