@@ -4,8 +4,8 @@
  * to 0, as word2vec), instead of the trainer's dense zero / NaN scan / optimizer pass /
  * allreduce over all V x dim x 2 parameters every step. With P > 1 MPI ranks each rank
  * trains on its own windows (rank r takes every P-th batch of one global shuffled order)
- * and the parameters are averaged every K steps (model averaging, `--sync-every K`) and
- * at the end. It is a measurement tool, not part of lockstep: no checkpoints, no resume.
+ * and every K local steps (`--sync-every K`) and at the end the ranks add up their
+ * parameter changes since the previous sync (local SGD with summed deltas). It is a measurement tool, not part of lockstep: no checkpoints, no resume.
  *
  *   mpirun -np P bench_w2v_sparse CKPT SHARD OUT.vec B T LR K [SEED [key=value ...]]
  * CKPT: a checkpoint of a `lockstep train --model skipgram` run with the wanted keys (its
@@ -35,6 +35,15 @@ static void sgd_rows(float *p, float *g, const int32_t *rows, int n, int dim, fl
             gr[c] = 0.0f;
         }
     }
+}
+
+/* Every rank's parameters := base + the SUM over ranks of (params - base); base := that.
+ * Summing the deltas (not averaging the models) keeps each update at full size: a plain
+ * average would halve every row that only one rank touched, i.e. halve the learning rate. */
+static void sync_deltas(float *p, float *base, size_t n) {
+    for (size_t i = 0; i < n; i++) p[i] -= base[i];
+    MPI_Allreduce(MPI_IN_PLACE, p, (int)n, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    for (size_t i = 0; i < n; i++) base[i] = p[i] += base[i];
 }
 
 int main(int argc, char **argv) {
@@ -93,6 +102,8 @@ int main(int argc, char **argv) {
     float *Pin = ps->data + ps->p[in].offset, *Gin = ps->grad + ps->p[in].offset;
     float *Pout = ps->data + ps->p[out].offset, *Gout = ps->grad + ps->p[out].offset;
     nn_params_zero_grad(ps);
+    float *base = malloc(ps->total * sizeof *base); /* parameters at the last sync */
+    memcpy(base, ps->data, ps->total * sizeof *base);
     MPI_Barrier(MPI_COMM_WORLD);
     double t0 = now(), t_sync = 0, lsum = 0, lcount = 0;
     const int verbose = getenv("W2V_VERBOSE") != NULL;
@@ -134,15 +145,11 @@ int main(int argc, char **argv) {
         nn_skipgram_touched_clear(&m);
         if (P > 1 && K > 0 && (local + 1) % K == 0) {
             double ts = now();
-            MPI_Allreduce(MPI_IN_PLACE, ps->data, (int)ps->total, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-            for (size_t i = 0; i < ps->total; i++) ps->data[i] *= 1.0f / (float)P;
+            sync_deltas(ps->data, base, ps->total);
             t_sync += now() - ts;
         }
     }
-    if (P > 1) {
-        MPI_Allreduce(MPI_IN_PLACE, ps->data, (int)ps->total, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-        for (size_t i = 0; i < ps->total; i++) ps->data[i] *= 1.0f / (float)P;
-    }
+    if (P > 1) sync_deltas(ps->data, base, ps->total);
     double secs = now() - t0;
     if (rank == 0) {
         double words = (double)steps * B * T;
@@ -158,6 +165,7 @@ int main(int argc, char **argv) {
         }
         fclose(f);
     }
+    free(base);
     free(perm);
     free(index);
     free(x);
