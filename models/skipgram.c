@@ -3,8 +3,8 @@
  * exact losses and the random keys.
  *
  * Per window: subsample (word2vec's keep probability (sqrt(c/(s N)) + 1) s N / c), then
- * for each kept position draw a radius r in 1..window and take the kept words within r
- * as contexts. With negative sampling one centre costs one small dense product: the K
+ * for each kept position draw a radius r in 1..window and take the kept words within r,
+ * other than the centre word itself, as contexts. With negative sampling one centre costs one small dense product: the K
  * context rows of In against the 1 + neg output rows (centre + negatives shared by all
  * K contexts, Ji et al. 2016), written as register-blocked dot products and axpys
  * straight on the parameter rows (no gather: the rows stay in cache). Gradients go only
