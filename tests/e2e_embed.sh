@@ -6,7 +6,8 @@
 # text whose header matches its line count and width; `embed eval --vec` on the export
 # gives the same numbers as on the checkpoint; errors (unknown word, bad subcommand,
 # missing --ckpt) exit non-zero with a message; the sparse baselines (onehot-logreg,
-# bow-logreg) train on desc_small and report test accuracy.
+# bow-logreg) train on desc_small and report test accuracy; `embed eval` and `embed analogy`
+# on hand-made vectors give the answers worked out by hand (accuracy, Spearman with ties).
 set -uo pipefail
 LOCKSTEP=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -112,6 +113,25 @@ else
     "$LOCKSTEP" embed neighbors package > "$TMP/e3" 2>&1 && bad "missing --ckpt accepted" ||
         ok "missing --ckpt rejected: $(head -1 "$TMP/e3")"
 fi
+
+# eval on hand-made vectors with answers worked out by hand: unit vectors a (1,0),
+# b (0,1), c (1,1)/sqrt2, d (-1,1)/sqrt2, e (1,-1)/sqrt2. b - a + e points along d, so
+# "a b e d" is right and "a b e c" wrong; the third question has an unknown word.
+# Similarity: model cosines (a,c) .707 (b,d) .707 (a,b) 0 (a,d) -.707 have ranks
+# 3.5 3.5 2 1; gold 4 1 2 3 -> Spearman -0.5 / sqrt(4.5 * 5) = -0.1054.
+printf '5 2\na 1 0\nb 0 1\nc 1 1\nd -1 1\ne 1 -1\n' > "$TMP/hand.vec"
+printf ': t\na b e d\na b e c\na b zz d\n' > "$TMP/hand_ana.txt"
+printf 'a c 4\nb d 1\na b 2\na d 3\na zz 1\n' > "$TMP/hand_sim.txt"
+out=$("$LOCKSTEP" embed eval --vec "$TMP/hand.vec" --analogies "$TMP/hand_ana.txt" \
+      --similarity "$TMP/hand_sim.txt" 2>&1)
+if echo "$out" | grep -q "analogy accuracy 0.5000 (1 / 2), coverage 2 of 3 questions" &&
+    echo "$out" | grep -q "similarity spearman -0.1054 over 4 of 5 pairs"; then
+    ok "eval on hand-made vectors: accuracy 1/2, Spearman -0.1054 with ties"
+else
+    bad "eval on hand-made vectors: $out"
+fi
+out=$("$LOCKSTEP" embed analogy --vec "$TMP/hand.vec" a b e --k 1 2>&1)
+[ "$(echo "$out" | cut -f1)" = d ] && ok "analogy a:b::e:? -> d" || bad "analogy a:b::e:? gave '$out'"
 
 D=$HERE/data/desc_small
 CLS=(--data "$D/train.tsv" --valid "$D/valid.tsv" --test "$D/test.tsv" --batch-size 32
