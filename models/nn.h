@@ -326,5 +326,6 @@ extern const nn_model_ops nn_bow_classifier_ops;
 #include "models/nn_ae.h"
 #include "models/nn_attn.h" /* attention and transformer layers (attn.c, gpt.c) */
 #include "models/nn_cnn.h"  /* image layers and the captioner (conv2d.c, captioner.c) */
+#include "models/nn_emb.h"  /* skip-gram/CBOW embeddings, sparse logistic regression */
 
 #endif

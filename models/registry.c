@@ -15,5 +15,8 @@ const nn_model_ops *const nn_models[] = {
     &nn_gpt_ops,
     &nn_transformer_ops,
     &nn_captioner_ops,
+    &nn_skipgram_ops,
+    &nn_onehot_logreg_ops,
+    &nn_bow_logreg_ops,
     NULL,
 };

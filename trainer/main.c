@@ -8,6 +8,7 @@
 #endif
 
 #include "trainer/bleu.h"
+#include "trainer/embed.h"
 #include "trainer/infer.h"
 #include "trainer/prepare.h"
 #include "trainer/trainer.h"
@@ -52,6 +53,7 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "prepare") == 0) return trainer_prepare_main(argc - 2, argv + 2);
     if (strcmp(cmd, "bleu") == 0) return bleu_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "embed") == 0) return trainer_embed_main(argc - 1, argv + 1);
     if (strcmp(cmd, "translate") == 0 || strcmp(cmd, "generate") == 0) {
         int rc = strcmp(cmd, "translate") == 0 ? trainer_translate_cmd(argc - 2, argv + 2)
                                                : trainer_generate_cmd(argc - 2, argv + 2);
