@@ -574,7 +574,10 @@ static int train_step(run *r, nn_stats *out) {
     out->correct = v[2];
 
     /* NaN/Inf: the gradients are identical on every rank, so every rank decides alike. */
-    int bad = find_nonfinite(ps, r->zlo, r->zhi);
+    /* One vectorised pass: a NaN or Inf anywhere makes the sum of squares non-finite
+     * (it also serves clipping); only then are the tensors searched for a name. */
+    double ss = trainer_grad_sumsq(ps, r->zlo, r->zhi);
+    int bad = isfinite(ss) ? -1 : find_nonfinite(ps, r->zlo, r->zhi);
     if (r->zero) {
         /* each rank checked its slice: agree on the highest failing tensor index */
         double b = bad;
@@ -599,7 +602,6 @@ static int train_step(run *r, nn_stats *out) {
         return NN_ERR_NUMERIC;
     }
     if (r->clip > 0) {
-        double ss = trainer_grad_sumsq(ps, r->zlo, r->zhi);
         if (r->zero) comm_allreduce_sum_f64(r->c, &ss, 1);
         trainer_scale_grads(ps, r->zlo, r->zhi, sqrt(ss), r->clip);
     }
