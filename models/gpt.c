@@ -74,7 +74,7 @@ typedef struct scratch {
     float *dqkv;                        /* (N,3C) */
     float *dkv;                         /* (Bmax*Smax,2C) */
     float *dff;                         /* (N,FF) */
-    float *datt;                        /* (Tmax*max(Tmax,Smax)) */
+    float *datt;                        /* (2,Tmax,max(Tmax,Smax)) */
     int64_t *row_index;                 /* (N) dropout keys */
 } scratch;
 
@@ -135,7 +135,7 @@ static void scratch_carve(scratch *w, float *base, size_t *off, size_t N, size_t
     w->dqkv = take(base, off, 3 * N * C);
     w->dkv = M ? take(base, off, 2 * M * C) : NULL;
     w->dff = take(base, off, N * FF);
-    w->datt = take(base, off, att);
+    w->datt = take(base, off, 2 * att);
 }
 
 static int add_vec(nn_params *ps, const char *name, int n, int init, float **d, float **gr) {

@@ -46,7 +46,7 @@ void nn_sdpa_forward(float *out, int ldo, float *att, const float *q, int ldq, c
                      int ldk, const float *v, int ldv, const int32_t *key_len, int causal, int B,
                      int T, int S, int NH, int HS);
 /* Accumulates dq, dk, dv (same strides as q, k, v) from dout (stride ldo). scratch holds
- * T*S floats. Cannot fail. */
+ * 2*T*S floats (one T*S block per half of the heads). Cannot fail. */
 void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, int ldo,
                       const float *att, const float *q, int ldq, const float *k, int ldk,
                       const float *v, int ldv, int B, int T, int S, int NH, int HS);

@@ -143,7 +143,7 @@ START_TEST(test_sdpa_gradients_match_finite_differences) {
     int shapes[3][5] = {{1, 3, 3, 3, 2}, {1, 2, 5, 4, 5}, {0, 3, 5, 5, 3}};
     for (int s = 0; s < 3; s++) {
         sdpa_setup(&c, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4]);
-        static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[AT * AS];
+        static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[2 * AT * AS];
         memset(dq, 0, sizeof dq), memset(dk, 0, sizeof dk), memset(dv, 0, sizeof dv);
         sdpa_loss(&c);
         nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, AB,
@@ -167,7 +167,7 @@ START_TEST(test_sdpa_fully_masked_rows_give_zeros_not_nan) {
     for (int i = 0; i < 3; i++) /* one visible key: the output is its value */
         for (int e = 0; e < ANH * AHS; e++)
             ck_assert_float_eq_tol(c.out[(3 + i) * ALD + e], c.v[5 * ALD + e], 1e-6);
-    static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[AT * AS];
+    static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[2 * AT * AS];
     nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, AB, 3, 5,
                      ANH, AHS);
     for (size_t i = 0; i < sizeof dq / 4; i++) ck_assert(isfinite(dq[i]));
@@ -338,7 +338,7 @@ END_TEST
 
 typedef struct gpt_case {
     nn_model m;
-    int32_t x[64], y[64];
+    int32_t x[128], y[128];
     int64_t index[8];
     nn_batch b;
 } gpt_case;
@@ -499,6 +499,31 @@ START_TEST(test_gpt_generate_top_k_sampling_is_keyed_and_bounded) {
         ck_assert_int_lt(above, 3);
         seq[2 + s] = a[s];
     }
+    nn_model_free(&c.m);
+}
+END_TEST
+
+
+START_TEST(test_two_threads_give_bit_identical_gradients) {
+    /* big enough that every kernel takes its two-thread path */
+    const char *kv[] = {"layers", "2", "heads", "4", "dim", "256", "ff", "512", "context", "32",
+                        "dropout", "0.1", NULL};
+    static gpt_case c;
+    gpt_case_init(&c, kv, 300, 4, 32, 0.1f);
+    nn_params *ps = &c.m.params;
+    float *g1 = malloc(ps->total * sizeof *g1);
+    int saved = nn_get_threads();
+    double loss[2];
+    for (int t = 0; t < 2; t++) {
+        nn_set_threads(t + 1);
+        nn_params_zero_grad(ps);
+        loss[t] = gpt_loss(&c);
+        if (t == 0) memcpy(g1, ps->grad, ps->total * sizeof *g1);
+    }
+    nn_set_threads(saved);
+    ck_assert(loss[0] == loss[1]);
+    ck_assert_int_eq(memcmp(g1, ps->grad, ps->total * sizeof *g1), 0);
+    free(g1);
     nn_model_free(&c.m);
 }
 END_TEST
@@ -940,6 +965,7 @@ static Suite *attn_suite(void) {
     tcase_add_test(g, test_gpt_kv_cache_matches_full_forward);
     tcase_add_test(g, test_gpt_generate_top_k_sampling_is_keyed_and_bounded);
     tcase_add_test(g, test_gpt_rejects_bad_configs_and_batches);
+    tcase_add_test(g, test_two_threads_give_bit_identical_gradients);
     suite_add_tcase(s, g);
     TCase *x = tcase_create("transformer");
     tcase_set_timeout(x, 60);
