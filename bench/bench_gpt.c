@@ -37,7 +37,7 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* SGEMM GFLOP/s on a transformer-shaped product (the FFN's N x FF x C), best of a few
- * repetitions, with the current thread count. */
+ * repetitions (30), with the current thread count. */
 static double sgemm_peak(int N, int C, int FF) {
     float *a = malloc((size_t)N * C * sizeof *a), *w = malloc((size_t)FF * C * sizeof *w);
     float *y = malloc((size_t)N * FF * sizeof *y);
@@ -45,7 +45,7 @@ static double sgemm_peak(int N, int C, int FF) {
     for (size_t i = 0; i < (size_t)N * C; i++) a[i] = (float)(i % 13) * 0.01f;
     for (size_t i = 0; i < (size_t)FF * C; i++) w[i] = (float)(i % 7) * 0.01f;
     double best = 0.0;
-    for (int rep = 0; rep < 12; rep++) {
+    for (int rep = 0; rep < 30; rep++) {
         double t0 = now();
         nn_gemm(0, 1, N, FF, C, 1.0f, a, C, w, C, 0.0f, y, FF);
         double dt = now() - t0, gf = 2.0 * N * FF * C / dt * 1e-9;

@@ -11,9 +11,11 @@
  * Threads: with nn_get_threads() >= 2 the memory-bound kernels and the per-head attention
  * loops run as two halves, the second on one helper thread (OpenBLAS is set to one thread
  * while both halves call it). Work is always cut into the same two halves and partial sums
- * are combined in the same order, so results do not depend on the thread count. */
+ * are combined in the same order, so results do not depend on the thread count. One split
+ * runs at a time per process: a nested or concurrent one runs both halves in its caller. */
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -81,8 +83,9 @@ static inline vf vtanh(vf u) { return 1.0f - 2.0f / (vexp(u + u) + 1.0f); }
 typedef void (*par_fn)(void *ctx, int part);
 
 static struct {
-    pthread_once_t once;
-    int ok;
+    pthread_mutex_t start_mu;
+    int started, ok;   /* helper thread created (under start_mu), and running */
+    atomic_flag busy;  /* a split is in flight: nested or concurrent calls run serially */
     pthread_t th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -91,7 +94,8 @@ static struct {
     atomic_int sleeping;
     par_fn fn;
     void *ctx;
-} pool = {.once = PTHREAD_ONCE_INIT,
+} pool = {.start_mu = PTHREAD_MUTEX_INITIALIZER,
+          .busy = ATOMIC_FLAG_INIT,
           .mu = PTHREAD_MUTEX_INITIALIZER,
           .cv = PTHREAD_COND_INITIALIZER};
 
@@ -110,7 +114,7 @@ static void *pool_main(void *arg) {
         unsigned g;
         int spins = 0;
         while ((g = atomic_load(&pool.gen)) == seen) {
-            if (++spins < 4000) {
+            if (++spins < 1000) {
                 cpu_relax();
                 continue;
             }
@@ -128,18 +132,45 @@ static void *pool_main(void *arg) {
     return NULL;
 }
 
-static void pool_start(void) {
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pool.ok = pthread_create(&pool.th, &at, pool_main, NULL) == 0;
-    pthread_attr_destroy(&at);
+/* A forked child has no helper thread: start afresh there. */
+static void pool_after_fork_child(void) {
+    pthread_mutex_init(&pool.start_mu, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.started = pool.ok = 0;
+    atomic_flag_clear(&pool.busy);
+    atomic_store(&pool.gen, 0);
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.sleeping, 0);
+}
+
+static int pool_ready(void) {
+    static int atfork;
+    pthread_mutex_lock(&pool.start_mu);
+    if (!pool.started) {
+        pool.started = 1;
+        if (!atfork) atfork = pthread_atfork(NULL, NULL, pool_after_fork_child) == 0;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pool.ok = atfork && pthread_create(&pool.th, &at, pool_main, NULL) == 0;
+        pthread_attr_destroy(&at);
+    }
+    int ok = pool.ok;
+    pthread_mutex_unlock(&pool.start_mu);
+    return ok;
 }
 
 /* Runs fn(ctx, 0) and fn(ctx, 1): concurrently when big and 2+ threads are allowed (and the
  * helper could be started), else one after the other. Returns when both are done. */
 static void par_run_on(par_fn fn, void *ctx, int helper) {
-    if (!helper || (pthread_once(&pool.once, pool_start), !pool.ok)) {
+    if (!helper || atomic_flag_test_and_set(&pool.busy)) {
+        fn(ctx, 0);
+        fn(ctx, 1);
+        return;
+    }
+    if (!pool_ready()) {
+        atomic_flag_clear(&pool.busy);
         fn(ctx, 0);
         fn(ctx, 1);
         return;
@@ -153,7 +184,13 @@ static void par_run_on(par_fn fn, void *ctx, int helper) {
         pthread_mutex_unlock(&pool.mu);
     }
     fn(ctx, 0);
-    while (atomic_load(&pool.done) != g) cpu_relax();
+    /* the halves are alike, so the helper is usually about done; if it was descheduled
+     * (a loaded machine), give the core away instead of spinning on it */
+    for (int spins = 0; atomic_load(&pool.done) != g; spins++) {
+        if (spins < 2000) cpu_relax();
+        else sched_yield();
+    }
+    atomic_flag_clear(&pool.busy);
 }
 
 static void par_run(par_fn fn, void *ctx, int big) {

@@ -10,6 +10,8 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "models/nn.h"
 
@@ -504,7 +506,7 @@ START_TEST(test_gpt_generate_top_k_sampling_is_keyed_and_bounded) {
 END_TEST
 
 
-START_TEST(test_two_threads_give_bit_identical_gradients) {
+START_TEST(test_two_threads_give_bit_identical_gradients_and_survive_fork) {
     /* big enough that every kernel takes its two-thread path */
     const char *kv[] = {"layers", "2", "heads", "4", "dim", "256", "ff", "512", "context", "32",
                         "dropout", "0.1", NULL};
@@ -520,9 +522,20 @@ START_TEST(test_two_threads_give_bit_identical_gradients) {
         loss[t] = gpt_loss(&c);
         if (t == 0) memcpy(g1, ps->grad, ps->total * sizeof *g1);
     }
-    nn_set_threads(saved);
     ck_assert(loss[0] == loss[1]);
     ck_assert_int_eq(memcmp(g1, ps->grad, ps->total * sizeof *g1), 0);
+    /* a forked child (the helper thread is not inherited) still completes a step */
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        alarm(20);
+        nn_params_zero_grad(ps);
+        _exit(gpt_loss(&c) == loss[1] ? 0 : 1);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    nn_set_threads(saved);
     free(g1);
     nn_model_free(&c.m);
 }
@@ -965,7 +978,7 @@ static Suite *attn_suite(void) {
     tcase_add_test(g, test_gpt_kv_cache_matches_full_forward);
     tcase_add_test(g, test_gpt_generate_top_k_sampling_is_keyed_and_bounded);
     tcase_add_test(g, test_gpt_rejects_bad_configs_and_batches);
-    tcase_add_test(g, test_two_threads_give_bit_identical_gradients);
+    tcase_add_test(g, test_two_threads_give_bit_identical_gradients_and_survive_fork);
     suite_add_tcase(s, g);
     TCase *x = tcase_create("transformer");
     tcase_set_timeout(x, 60);
