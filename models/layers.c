@@ -40,22 +40,23 @@ void nn_embedding_backward(float *dtable, const float *dout, const int32_t *ids,
 void nn_linear_forward(float *y, const float *x, const float *W, const float *b, int B, int C,
                        int OC) {
     if (B <= 0 || OC <= 0) return;
-    float beta = 0.0f;
     if (b) {
         for (int i = 0; i < B; i++) memcpy(y + (size_t)i * OC, b, (size_t)OC * sizeof *b);
-        beta = 1.0f;
+    } else if (C <= 0) {
+        memset(y, 0, (size_t)B * OC * sizeof *y);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, OC, C, 1.0f, x, C, W, C, beta, y,
-                OC);
+    if (C > 0) /* BLAS rejects lda = 0 */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, OC, C, 1.0f, x, C, W, C,
+                    b ? 1.0f : 0.0f, y, OC);
 }
 
 void nn_linear_backward(float *dx, float *dW, float *db, const float *dy, const float *x,
                         const float *W, int B, int C, int OC) {
-    if (B <= 0 || OC <= 0 || C <= 0) return;
-    if (dx)
+    if (B <= 0 || OC <= 0) return;
+    if (dx && C > 0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, C, OC, 1.0f, dy, OC, W, C,
                     1.0f, dx, C);
-    if (dW)
+    if (dW && C > 0)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, B, 1.0f, dy, OC, x, C, 1.0f,
                     dW, C);
     if (db)
@@ -111,10 +112,20 @@ void nn_relu_backward(float *restrict dx, const float *restrict dy, const float 
     for (size_t i = 0; i < n; i++) dx[i] += x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+/* tanh(u) = sign(u) (1 - e) / (1 + e), e = exp(-2|u|): the sign bit is moved by masks. */
+static inline nn_vf nn_vtanh_(nn_vf u) {
+    const nn_vi sign = (nn_vi){0} + (int32_t)0x80000000u;
+    nn_vi ui = (nn_vi)u;
+    nn_vf a = (nn_vf)(ui & ~sign);
+    nn_vf e = nn_vexp_(-2.0f * a);
+    nn_vf t = (1.0f - e) / (1.0f + e);
+    return (nn_vf)((nn_vi)t | (ui & sign));
+}
+
 static inline void nn_tanh_blk_(float *y, const float *x) {
-    float t[NN_VB];
-    for (int k = 0; k < NN_VB; k++) t[k] = nn_tanh_(x[k]);
-    memcpy(y, t, sizeof t);
+    nn_vf a = nn_vtanh_(nn_vload_(x)), b = nn_vtanh_(nn_vload_(x + NN_VW));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
 }
 
 void nn_tanh_forward(float *y, const float *x, size_t n) { NN_MAP1_(nn_tanh_blk_, y, x, n); }
@@ -125,9 +136,10 @@ void nn_tanh_backward(float *restrict dx, const float *restrict dy, const float 
 }
 
 static inline void nn_sigmoid_blk_(float *y, const float *x) {
-    float t[NN_VB];
-    for (int k = 0; k < NN_VB; k++) t[k] = nn_sigmoid_(x[k]);
-    memcpy(y, t, sizeof t);
+    nn_vf a = 1.0f / (1.0f + nn_vexp_(-nn_vload_(x)));
+    nn_vf b = 1.0f / (1.0f + nn_vexp_(-nn_vload_(x + NN_VW)));
+    nn_vstore_(y, a);
+    nn_vstore_(y + NN_VW, b);
 }
 
 void nn_sigmoid_forward(float *y, const float *x, size_t n) {

@@ -50,7 +50,6 @@ static inline float nn_tanh_(float u) {
 /* 1 / (1 + exp(-x)); exp(-x) is clamped, so no overflow and no 0/0. */
 static inline float nn_sigmoid_(float x) { return 1.0f / (1.0f + nn_exp_(-x)); }
 
-
 /* ---- native-width vectors (GCC/clang vector extensions) ----------------------------- */
 /* For reductions GCC will not keep in registers on its own (running max, argmax, sums):
  * with explicit vector types the accumulators stay in registers. NN_VW lanes fill one
@@ -154,6 +153,5 @@ static inline float nn_vrow_expsum_(float *e, const float *x, float mx, int n) {
     }
     return s;
 }
-
 
 #endif

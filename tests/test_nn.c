@@ -939,6 +939,7 @@ START_TEST(test_bow_sgd_drives_the_loss_down) {
     for (int K = 2; K <= 3; K++) {
         double first, last;
         bow_train_smoke(K, &first, &last);
+        if (getenv("NN_TEST_VERBOSE")) fprintf(stderr, "bow SGD K=%d: loss %.4f -> %.4f\n", K, first, last);
         ck_assert_msg(last < first / 5, "K=%d: loss %g -> %g", K, first, last);
     }
 }
