@@ -175,9 +175,9 @@ int main(int argc, char **argv) {
     printf("  loss %.3f -> %.3f; peak RSS %.0f MB, on paper %.0f MB (ratio %.2f)\n", loss0, loss1,
            ru.ru_maxrss / 1024.0, paper_mb, ru.ru_maxrss / 1024.0 / paper_mb);
     printf("RESULT impl=lockstep threads=%d tokens_per_s=%.1f step_ms=%.2f gflops=%.2f "
-           "peak_gflops=%.2f mfu=%.4f rss_mb=%.1f paper_mb=%.1f cpu_ms=%.2f\n",
+           "peak_gflops=%.2f mfu=%.4f rss_mb=%.1f paper_mb=%.1f cpu_ms=%.2f best_tokens_per_s=%.1f\n",
            threads, tps, med * 1e3, tps * flop_tok * 1e-9, gpk, mfu, ru.ru_maxrss / 1024.0,
-           paper_mb, cmed * 1e3);
+           paper_mb, cmed * 1e3, (double)B * T / dt[0]);
     free(dc), free(x), free(y), free(index), free(dt), free(opt.m), free(opt.v);
     nn_model_free(&m);
     nn_config_free(&cfg);
