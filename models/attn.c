@@ -415,6 +415,7 @@ void nn_flayernorm_forward(float *y, float *mean, float *rstd, const float *x, c
  * same order whatever the thread count). Widths above 4096 run in one piece. */
 void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
                             const float *mean, const float *rstd, const float *g, int N, int C) {
+    if (N <= 0 || C <= 0) return;
     if (C > 4096) {
         ln_bwd_rows(dx, dg, db, dy, x, mean, rstd, g, 0, N, C);
         return;
