@@ -563,11 +563,24 @@ typedef struct sdpa_job {
     int ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS;
 } sdpa_job;
 
+/* Causal attention runs in blocks of SDPA_QB query rows: a block only multiplies the keys
+ * its last row can see, which skips most of the masked upper triangle. */
+#define SDPA_QB 32
+
+/* Keys visible to the query rows [r0, r1): all klim, or with the causal mask up to the
+ * last row's own position (queries are the last T of S positions). */
+static int block_keys(const sdpa_job *j, int klim, int r1) {
+    int kn = klim;
+    if (j->causal && r1 + (j->S - j->T) < kn) kn = r1 + (j->S - j->T);
+    return kn;
+}
+
 static void sdpa_fwd_part(void *ctx, int part) {
     const sdpa_job *j = ctx;
     const int T = j->T, S = j->S, NH = j->NH, HS = j->HS;
     const int ldq = j->ldq, ldk = j->ldk, ldv = j->ldv, ldo = j->ldo;
     const float scale = 1.0f / sqrtf((float)HS);
+    const int qb_rows = j->causal ? SDPA_QB : T;
     size_t p0, p1;
     half((size_t)j->B * NH, part, 1, &p0, &p1);
     for (size_t p = p0; p < p1; p++) {
@@ -579,18 +592,25 @@ static void sdpa_fwd_part(void *ctx, int part) {
         const float *qb = j->q + (size_t)b * T * ldq + h * HS;
         const float *kb = j->k + (size_t)b * S * ldk + h * HS;
         const float *vb = j->v + (size_t)b * S * ldv + h * HS;
-        /* keys past key_len are never seen: score only the first klim */
-        if (klim > 0) nn_gemm(0, 1, T, klim, HS, scale, qb, ldq, kb, ldk, 0.0f, P, S);
-        for (int i = 0; i < T; i++) {
-            int lim = klim;
-            if (j->causal && i + (S - T) + 1 < lim) lim = i + (S - T) + 1;
-            masked_softmax_row(P + (size_t)i * S, lim, S);
-        }
         float *ob = j->out + (size_t)b * T * ldo + h * HS;
-        if (klim > 0) {
-            nn_gemm(0, 0, T, HS, klim, 1.0f, P, S, vb, ldv, 0.0f, ob, ldo);
-        } else {
-            for (int i = 0; i < T; i++) memset(ob + (size_t)i * ldo, 0, (size_t)HS * sizeof *ob);
+        for (int r0 = 0; r0 < T; r0 += qb_rows) {
+            int r1 = r0 + qb_rows < T ? r0 + qb_rows : T, kn = block_keys(j, klim, r1);
+            float *Pr = P + (size_t)r0 * S;
+            if (kn > 0)
+                nn_gemm(0, 1, r1 - r0, kn, HS, scale, qb + (size_t)r0 * ldq, ldq, kb, ldk, 0.0f,
+                        Pr, S);
+            for (int i = r0; i < r1; i++) {
+                int lim = klim;
+                if (j->causal && i + (S - T) + 1 < lim) lim = i + (S - T) + 1;
+                masked_softmax_row(P + (size_t)i * S, lim, S);
+            }
+            if (kn > 0) {
+                nn_gemm(0, 0, r1 - r0, HS, kn, 1.0f, Pr, S, vb, ldv, 0.0f, ob + (size_t)r0 * ldo,
+                        ldo);
+            } else {
+                for (int i = r0; i < r1; i++)
+                    memset(ob + (size_t)i * ldo, 0, (size_t)HS * sizeof *ob);
+            }
         }
     }
 }
@@ -608,44 +628,57 @@ static void sdpa_bwd_part(void *ctx, int part) {
     const int T = j->T, S = j->S, NH = j->NH, HS = j->HS;
     const int ldq = j->ldq, ldk = j->ldk, ldv = j->ldv, ldo = j->ldo;
     const float scale = 1.0f / sqrtf((float)HS);
+    const int qb_rows = j->causal ? SDPA_QB : T;
     float *scratch = j->scratch + (size_t)part * T * S;
     size_t p0, p1;
     half((size_t)j->B * NH, part, 1, &p0, &p1);
     for (size_t p = p0; p < p1; p++) {
         int b = (int)(p / NH), h = (int)(p % NH);
+        int klim = j->key_len ? j->key_len[b] : S;
+        if (klim > S) klim = S;
+        if (klim < 0) klim = 0;
         const float *P = j->patt + p * T * S;
         const float *qb = j->q + (size_t)b * T * ldq + h * HS;
         const float *kb = j->k + (size_t)b * S * ldk + h * HS;
         const float *vb = j->v + (size_t)b * S * ldv + h * HS;
         const float *dob = j->dout + (size_t)b * T * ldo + h * HS;
-        /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)) */
-        nn_gemm(0, 1, T, S, HS, 1.0f, dob, ldo, vb, ldv, 0.0f, scratch, S);
-        for (int i = 0; i < T; i++) {
-            const float *pr = P + (size_t)i * S;
-            float *dr = scratch + (size_t)i * S;
-            vf acc = {0};
-            int c = 0;
-            for (; c + VL <= S; c += VL) acc += vload(pr + c) * vload(dr + c);
-            float d = vhsum(acc);
-            for (; c < S; c++) d += pr[c] * dr[c];
-            vf vd = vset1(d);
-            for (c = 0; c + VL <= S; c += VL) vstore(dr + c, vload(pr + c) * (vload(dr + c) - vd));
-            for (; c < S; c++) dr[c] = pr[c] * (dr[c] - d);
+        float *dqb = j->dq + (size_t)b * T * ldq + h * HS;
+        float *dkb = j->dk + (size_t)b * S * ldk + h * HS;
+        float *dvb = j->dv + (size_t)b * S * ldv + h * HS;
+        for (int r0 = 0; r0 < T; r0 += qb_rows) {
+            int r1 = r0 + qb_rows < T ? r0 + qb_rows : T, kn = block_keys(j, klim, r1);
+            int rb = r1 - r0;
+            if (kn <= 0) continue; /* no visible key: no gradient */
+            const float *Pr = P + (size_t)r0 * S;
+            float *sr = scratch + (size_t)r0 * S;
+            /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)), over the kn visible keys */
+            nn_gemm(0, 1, rb, kn, HS, 1.0f, dob + (size_t)r0 * ldo, ldo, vb, ldv, 0.0f, sr, S);
+            for (int i = 0; i < rb; i++) {
+                const float *pr = Pr + (size_t)i * S;
+                float *dr = sr + (size_t)i * S;
+                vf acc = {0};
+                int c = 0;
+                for (; c + VL <= kn; c += VL) acc += vload(pr + c) * vload(dr + c);
+                float d = vhsum(acc);
+                for (; c < kn; c++) d += pr[c] * dr[c];
+                vf vd = vset1(d);
+                for (c = 0; c + VL <= kn; c += VL)
+                    vstore(dr + c, vload(pr + c) * (vload(dr + c) - vd));
+                for (; c < kn; c++) dr[c] = pr[c] * (dr[c] - d);
+            }
+            nn_gemm(0, 0, rb, HS, kn, scale, sr, S, kb, ldk, 1.0f, dqb + (size_t)r0 * ldq, ldq);
+            nn_gemm(1, 0, kn, HS, rb, scale, sr, S, qb + (size_t)r0 * ldq, ldq, 1.0f, dkb, ldk);
+            nn_gemm(1, 0, kn, HS, rb, 1.0f, Pr, S, dob + (size_t)r0 * ldo, ldo, 1.0f, dvb, ldv);
         }
-        nn_gemm(0, 0, T, HS, S, scale, scratch, S, kb, ldk, 1.0f,
-                j->dq + (size_t)b * T * ldq + h * HS, ldq);
-        nn_gemm(1, 0, S, HS, T, scale, scratch, S, qb, ldq, 1.0f,
-                j->dk + (size_t)b * S * ldk + h * HS, ldk);
-        nn_gemm(1, 0, S, HS, T, 1.0f, P, S, dob, ldo, 1.0f, j->dv + (size_t)b * S * ldv + h * HS,
-                ldv);
     }
 }
 
 void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, int ldo,
                       const float *att, const float *q, int ldq, const float *k, int ldk,
-                      const float *v, int ldv, int B, int T, int S, int NH, int HS) {
-    sdpa_job j = {NULL, NULL, dq, dk, dv, scratch, q, k, v, dout, att, NULL,
-                  ldo, ldq, ldk, ldv, 0, B, T, S, NH, HS};
+                      const float *v, int ldv, const int32_t *key_len, int causal, int B, int T,
+                      int S, int NH, int HS) {
+    sdpa_job j = {NULL, NULL, dq, dk, dv, scratch, q, k, v, dout, att, key_len,
+                  ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS};
     par_run_blas(sdpa_bwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
 }
 

@@ -347,29 +347,30 @@ static void ffn_backward(const stack *s, scratch *w, blk *b, float *dx, const fl
 /* Self-attention branch: given dp (N,C) at the w_o output, adds the gradient at the branch
  * input x into dx (zeroed first when overwrite). dp is consumed before dx is written. */
 static void self_backward(const stack *s, scratch *w, blk *b, float *dx, int overwrite,
-                          const float *dp, const float *x, int B, int T) {
+                          const float *dp, const float *x, const int32_t *key_len, int B, int T) {
     int N = B * T, C = s->C;
     nn_proj_backward_to(w->datty, b->self.dw_o, b->self.db_o, dp, C, b->atty, b->self.w_o, N, C,
                         C);
     memset(w->dqkv, 0, (size_t)N * 3 * C * sizeof *w->dqkv);
     if (overwrite) memset(dx, 0, (size_t)N * C * sizeof *dx);
     nn_sdpa_backward(w->dqkv, w->dqkv + C, w->dqkv + 2 * C, w->datt, w->datty, C, b->att, b->qkv,
-                     3 * C, b->qkv + C, 3 * C, b->qkv + 2 * C, 3 * C, B, T, T, s->NH, C / s->NH);
+                     3 * C, b->qkv + C, 3 * C, b->qkv + 2 * C, 3 * C, key_len, s->causal, B, T, T,
+                     s->NH, C / s->NH);
     nn_mha_qkv_backward(&b->self, dx, w->dqkv, x, N);
 }
 
 /* Cross-attention branch: as self_backward for the query input x; the memory gradient is
  * ADDED to dmem (B*S,C). */
 static void cross_backward(const stack *s, scratch *w, blk *b, float *dx, int overwrite,
-                           const float *dp, const float *x, const float *mem, float *dmem, int B,
-                           int T, int S) {
+                           const float *dp, const float *x, const float *mem, float *dmem,
+                           const int32_t *mem_len, int B, int T, int S) {
     int N = B * T, C = s->C, M = B * S;
     nn_proj_backward_to(w->datty, b->cross.dw_o, b->cross.db_o, dp, C, b->attyc, b->cross.w_o, N,
                         C, C);
     memset(w->dqkv, 0, (size_t)N * C * sizeof *w->dqkv);
     memset(w->dkv, 0, (size_t)M * 2 * C * sizeof *w->dkv);
     nn_sdpa_backward(w->dqkv, w->dkv, w->dkv + C, w->datt, w->datty, C, b->attc, b->qc, C,
-                     b->kvc, 2 * C, b->kvc + C, 2 * C, B, T, S, s->NH, C / s->NH);
+                     b->kvc, 2 * C, b->kvc + C, 2 * C, mem_len, 0, B, T, S, s->NH, C / s->NH);
     if (overwrite) memset(dx, 0, (size_t)N * C * sizeof *dx);
     nn_proj_backward(dx, b->cross.dw_q, b->cross.db_q, w->dqkv, C, x, b->cross.w_q, N, C, C);
     nn_proj_backward(dmem, b->cross.dw_k, b->cross.db_k, w->dkv, 2 * C, mem, b->cross.w_k, M, C,
@@ -382,7 +383,8 @@ static void cross_backward(const stack *s, scratch *w, blk *b, float *dx, int ov
  * the scratch is reused, so it may be w->dtmp. Accumulates every parameter gradient of the
  * stack and, with cross-attention, the memory gradient into dmem (B*S,C). */
 static void stack_backward(stack *s, scratch *w, const int32_t *ids, int B, int T,
-                           const float *dout, const float *mem, float *dmem, int S) {
+                           const int32_t *key_len, const float *dout, const float *mem,
+                           float *dmem, int S, const int32_t *mem_len) {
     int N = B * T, C = s->C;
     size_t NC = (size_t)N * C;
     if (!s->post) {
@@ -402,13 +404,13 @@ static void stack_backward(stack *s, scratch *w, const int32_t *ids, int B, int 
                                    b->ln2_mean, b->ln2_rstd, b->ln2_g, N, C);
             if (s->cross) { /* dres = d x_mid2 = d x_mid + through cross(lnc(x_mid)) */
                 const float *dp = undrop(w->dtmp, w->dres, b->mask_cross, NC);
-                cross_backward(s, w, b, w->dtmp2, 1, dp, b->lnc, mem, dmem, B, T, S);
+                cross_backward(s, w, b, w->dtmp2, 1, dp, b->lnc, mem, dmem, mem_len, B, T, S);
                 nn_flayernorm_backward(w->dres, b->dlnc_g, b->dlnc_b, w->dtmp2, b->x_mid,
                                        b->lnc_mean, b->lnc_rstd, b->lnc_g, N, C);
             }
             /* dres = d x_mid = d x_in (residual) + through attn(ln1(x_in)) */
             const float *dp = undrop(w->dtmp, w->dres, b->mask_attn, NC);
-            self_backward(s, w, b, w->dtmp2, 1, dp, b->ln1, B, T);
+            self_backward(s, w, b, w->dtmp2, 1, dp, b->ln1, key_len, B, T);
             nn_flayernorm_backward(w->dres, b->dln1_g, b->dln1_b, w->dtmp2, b->x_in,
                                    b->ln1_mean, b->ln1_rstd, b->ln1_g, N, C);
         } else {
@@ -424,14 +426,14 @@ static void stack_backward(stack *s, scratch *w, const int32_t *ids, int B, int 
                 nn_flayernorm_backward(w->dres, b->dlnc_g, b->dlnc_b, w->dtmp2, b->rc,
                                        b->lnc_mean, b->lnc_rstd, b->lnc_g, N, C);
                 const float *dp = undrop(w->dtmp, w->dres, b->mask_cross, NC);
-                cross_backward(s, w, b, w->dres, 0, dp, b->x_mid, mem, dmem, B, T, S);
+                cross_backward(s, w, b, w->dres, 0, dp, b->x_mid, mem, dmem, mem_len, B, T, S);
                 memcpy(w->dtmp2, w->dres, NC * sizeof *w->dtmp2); /* dtmp2 = d x_mid */
             }
             memset(w->dres, 0, NC * sizeof *w->dres); /* dres = d r1 */
             nn_flayernorm_backward(w->dres, b->dln1_g, b->dln1_b, w->dtmp2, b->r1, b->ln1_mean,
                                    b->ln1_rstd, b->ln1_g, N, C);
             const float *dp = undrop(w->dtmp, w->dres, b->mask_attn, NC);
-            self_backward(s, w, b, w->dres, 0, dp, b->x_in, B, T);
+            self_backward(s, w, b, w->dres, 0, dp, b->x_in, key_len, B, T);
         }
     }
     if (s->mask_emb) mul3(w->dres, w->dres, s->mask_emb, NC);
@@ -751,7 +753,7 @@ static int gpt_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
         return NN_ERR_NUMERIC;
     }
     project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->logits, hf, W, N, s->C, g->V);
-    stack_backward(s, &g->w, b->x, b->B, b->T, g->w.dtmp, NULL, NULL, 0);
+    stack_backward(s, &g->w, b->x, b->B, b->T, NULL, g->w.dtmp, NULL, NULL, 0, NULL);
     st->loss += loss;
     st->count += cnt;
     st->correct += hits;
@@ -1028,8 +1030,9 @@ static int xfm_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
     const float *W = x->tie ? x->dec.emb : x->head;
     project_backward(x->w.dtmp, x->tie ? x->dec.demb : x->dhead, x->logits, hf, W, N, C, x->Vt);
     memset(x->dmem, 0, (size_t)b->B * b->T * C * sizeof *x->dmem);
-    stack_backward(&x->dec, &x->w, x->din, b->B, b->U, x->w.dtmp, mem, x->dmem, b->T);
-    stack_backward(&x->enc, &x->w, b->x, b->B, b->T, x->dmem, NULL, NULL, 0);
+    stack_backward(&x->dec, &x->w, x->din, b->B, b->U, NULL, x->w.dtmp, mem, x->dmem, b->T,
+                   x->src_len);
+    stack_backward(&x->enc, &x->w, b->x, b->B, b->T, x->src_len, x->dmem, NULL, NULL, 0, NULL);
     st->loss += loss;
     st->count += cnt;
     st->correct += hits;

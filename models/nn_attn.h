@@ -45,11 +45,14 @@ double nn_fxent_forward_backward(float *dlogits, const float *logits, const int3
 void nn_sdpa_forward(float *out, int ldo, float *att, const float *q, int ldq, const float *k,
                      int ldk, const float *v, int ldv, const int32_t *key_len, int causal, int B,
                      int T, int S, int NH, int HS);
-/* Accumulates dq, dk, dv (same strides as q, k, v) from dout (stride ldo). scratch holds
- * 2*T*S floats (one T*S block per half of the heads). Cannot fail. */
+/* Accumulates dq, dk, dv (same strides as q, k, v) from dout (stride ldo), given the
+ * forward's att and the same masks (key_len, causal: they bound the keys each block of
+ * queries multiplies; masked probabilities are 0 either way). scratch holds 2*T*S floats
+ * (one T*S block per half of the heads). Cannot fail. */
 void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, int ldo,
                       const float *att, const float *q, int ldq, const float *k, int ldk,
-                      const float *v, int ldv, int B, int T, int S, int NH, int HS);
+                      const float *v, int ldv, const int32_t *key_len, int causal, int B, int T,
+                      int S, int NH, int HS);
 
 /* ---- multi-head attention layer ------------------------------------------------------------ */
 /* Parameters of one attention block; views into the registry (own nothing).

@@ -148,7 +148,8 @@ START_TEST(test_sdpa_gradients_match_finite_differences) {
         static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[2 * AT * AS];
         memset(dq, 0, sizeof dq), memset(dk, 0, sizeof dk), memset(dv, 0, sizeof dv);
         sdpa_loss(&c);
-        nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, AB,
+        nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD,
+                         c.key_len, c.causal, AB,
                          c.T, c.S, ANH, AHS);
         size_t nq = (size_t)AB * c.T * ALD, nk = (size_t)AB * c.S * ALD;
         ck_assert_int_eq(fd_check(sdpa_loss, &c, c.q, dq, nq, 1e-2f, 200, 1e-2, 1e-4, "grad"), 0);
@@ -170,7 +171,8 @@ START_TEST(test_sdpa_fully_masked_rows_give_zeros_not_nan) {
         for (int e = 0; e < ANH * AHS; e++)
             ck_assert_float_eq_tol(c.out[(3 + i) * ALD + e], c.v[5 * ALD + e], 1e-6);
     static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[2 * AT * AS];
-    nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, AB, 3, 5,
+    nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, c.key_len,
+                     1, AB, 3, 5,
                      ANH, AHS);
     for (size_t i = 0; i < sizeof dq / 4; i++) ck_assert(isfinite(dq[i]));
     for (size_t i = 0; i < 5 * ALD; i++) ck_assert_float_eq(dk[i], 0.0f);
