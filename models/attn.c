@@ -252,6 +252,30 @@ static void gelu_bwd_inplace_span(float *d, const float *x, size_t i, size_t n) 
     for (; i < n; i++) d[i] *= vgelu_grad(vset1(x[i]))[0];
 }
 
+/* Forward that also keeps t = tanh(k (x + a x^3)) for a backward without exp. */
+static void gelu_fwd_cache_span(float *y, float *t, const float *x, size_t i, size_t n) {
+    for (; i + VL <= n; i += VL) {
+        vf v = vload(x + i), th = vtanh(GELU_K * (v + GELU_A * v * v * v));
+        vstore(t + i, th);
+        vstore(y + i, 0.5f * v * (1.0f + th));
+    }
+    for (; i < n; i++) { /* the same vector arithmetic as above, one lane used */
+        vf v = vset1(x[i]), th = vtanh(GELU_K * (v + GELU_A * v * v * v));
+        t[i] = th[0];
+        y[i] = (0.5f * v * (1.0f + th))[0];
+    }
+}
+
+static inline vf vgelu_grad_t(vf x, vf t) {
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+}
+
+static void gelu_bwd_cached_span(float *d, const float *x, const float *t, size_t i, size_t n) {
+    for (; i + VL <= n; i += VL)
+        vstore(d + i, vload(d + i) * vgelu_grad_t(vload(x + i), vload(t + i)));
+    for (; i < n; i++) d[i] *= vgelu_grad_t(vset1(x[i]), vset1(t[i]))[0];
+}
+
 static void add_span(float *y, const float *a, const float *b, size_t i, size_t n) {
     for (; i + VL <= n; i += VL) vstore(y + i, vload(a + i) + vload(b + i));
     for (; i < n; i++) y[i] = a[i] + b[i];
@@ -259,10 +283,12 @@ static void add_span(float *y, const float *a, const float *b, size_t i, size_t 
 
 /* One elementwise job over n floats, cut in halves at multiples of VL. */
 typedef struct ew_job {
-    int kind; /* 0 gelu forward, 1 gelu backward, 2 gelu backward in place, 3 add */
+    int kind; /* 0 gelu forward, 1 gelu backward, 2 gelu backward in place, 3 add,
+                 4 gelu forward keeping tanh in z, 5 gelu backward in place from tanh b */
     float *y;
     const float *a, *b;
     size_t n;
+    float *z;
 } ew_job;
 
 static void ew_part(void *ctx, int part) {
@@ -273,12 +299,14 @@ static void ew_part(void *ctx, int part) {
     case 0: gelu_fwd_span(j->y, j->a, i0, i1); break;
     case 1: gelu_bwd_span(j->y, j->a, j->b, i0, i1); break;
     case 2: gelu_bwd_inplace_span(j->y, j->a, i0, i1); break;
+    case 4: gelu_fwd_cache_span(j->y, j->z, j->a, i0, i1); break;
+    case 5: gelu_bwd_cached_span(j->y, j->a, j->b, i0, i1); break;
     default: add_span(j->y, j->a, j->b, i0, i1); break;
     }
 }
 
 static void ew_run(int kind, float *y, const float *a, const float *b, size_t n, size_t work) {
-    ew_job j = {kind, y, a, b, n};
+    ew_job j = {kind, y, a, b, n, NULL};
     par_run(ew_part, &j, work >= PAR_MIN);
 }
 
@@ -290,6 +318,15 @@ void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n) {
 
 void nn_fgelu_backward_inplace(float *d, const float *x, size_t n) {
     ew_run(2, d, x, NULL, n, 4 * n);
+}
+
+void nn_fgelu_forward_cache(float *y, float *t, const float *x, size_t n) {
+    ew_job j = {4, y, x, NULL, n, t};
+    par_run(ew_part, &j, 4 * n >= PAR_MIN);
+}
+
+void nn_fgelu_backward_cached(float *d, const float *x, const float *t, size_t n) {
+    ew_run(5, d, x, t, n, 2 * n);
 }
 
 void nn_frelu_backward_inplace(float *d, const float *x, size_t n) {

@@ -52,6 +52,7 @@ typedef struct blk {
     float *x_mid2;                    /* (N,C) after cross-attention (== x_mid without) */
     float *ln2, *ln2_mean, *ln2_rstd; /* (N,C) pre-LN: norm of x_mid2 */
     float *h, *a;                     /* (N,FF) FFN pre-activation and activation */
+    float *gt;                        /* (N,FF) GELU's tanh, kept for backward */
     float *r2;                        /* (N,C) post-LN: x_mid2 + FFN */
     float *mask_attn, *mask_cross, *mask_ffn; /* (N,C) dropout masks, when dropout > 0 */
 } blk;
@@ -113,6 +114,7 @@ static void stack_carve(stack *s, float *base, size_t *off) {
         b->ln2_rstd = take(base, off, N);
         b->h = take(base, off, N * FF);
         b->a = take(base, off, N * FF);
+        b->gt = s->relu ? NULL : take(base, off, N * FF);
         b->r2 = pre ? NULL : take(base, off, N * C);
         b->mask_attn = drop ? take(base, off, N * C) : NULL;
         b->mask_cross = drop && x ? take(base, off, N * C) : NULL;
@@ -304,7 +306,8 @@ static const float *stack_forward(stack *s, scratch *w, const int32_t *ids, int 
             fin = b->ln2;
         }
         nn_proj_forward(b->h, s->FF, fin, b->w1, b->b1, N, C, s->FF);
-        activation(s, b->a, b->h, (size_t)N * s->FF);
+        if (s->relu) nn_frelu_forward(b->a, b->h, (size_t)N * s->FF);
+        else nn_fgelu_forward_cache(b->a, b->gt, b->h, (size_t)N * s->FF);
         nn_proj_forward(tmp, C, b->a, b->w2, b->b2, N, s->FF, C);
         if (drop) dropout_apply(s, w, tmp, b->mask_ffn, B, T, site + 2, f);
         if (!s->post) {
@@ -340,7 +343,7 @@ static void ffn_backward(const stack *s, scratch *w, blk *b, float *dx, const fl
     size_t NF = (size_t)N * s->FF;
     nn_proj_backward_to(w->dff, b->dw2, b->db2, df, s->C, b->a, b->w2, N, s->FF, s->C);
     if (s->relu) nn_frelu_backward_inplace(w->dff, b->h, NF);
-    else nn_fgelu_backward_inplace(w->dff, b->h, NF);
+    else nn_fgelu_backward_cached(w->dff, b->h, b->gt, NF);
     nn_proj_backward_to(dx, b->dw1, b->db1, w->dff, s->FF, x, b->w1, N, s->C, s->FF);
 }
 

@@ -15,6 +15,10 @@ void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n);
 
 /* d (n) *= gelu'(x) / relu'(x), in place (OVERWRITES: the caller's dy buffer becomes dx). */
 void nn_fgelu_backward_inplace(float *d, const float *x, size_t n);
+/* Training pair: forward also stores t (n) = tanh(sqrt(2/pi)(x + 0.044715 x^3)), so the
+ * backward (d *= gelu'(x), in place) needs no exp. */
+void nn_fgelu_forward_cache(float *y, float *t, const float *x, size_t n);
+void nn_fgelu_backward_cached(float *d, const float *x, const float *t, size_t n);
 void nn_frelu_backward_inplace(float *d, const float *x, size_t n);
 void nn_frelu_forward(float *y, const float *x, size_t n);
 

@@ -225,7 +225,7 @@ static double gelu_loss(void *ctx) {
     return dot(c->y, c->r, GN);
 }
 
-START_TEST(test_gelu_matches_tanh_formula_and_finite_differences) {
+START_TEST(test_gelu_matches_tanh_formula_finite_differences_and_cached_pair) {
     static gelu_case c;
     fill_normal(c.x, GN, 3.0f, 9);
     c.x[0] = 40.0f, c.x[1] = -40.0f, c.x[2] = 0.0f;
@@ -242,6 +242,15 @@ START_TEST(test_gelu_matches_tanh_formula_and_finite_differences) {
     memcpy(dx2, c.r, sizeof dx2);
     nn_fgelu_backward_inplace(dx2, c.x, GN);
     for (int i = 0; i < GN; i++) ck_assert_float_eq_tol(dx2[i], dx[i], 1e-6);
+    /* the training pair (tanh kept from forward) agrees with the plain kernels */
+    float y3[GN], t3[GN], dx3[GN];
+    nn_fgelu_forward_cache(y3, t3, c.x, GN);
+    memcpy(dx3, c.r, sizeof dx3);
+    nn_fgelu_backward_cached(dx3, c.x, t3, GN);
+    for (int i = 0; i < GN; i++) {
+        ck_assert_float_eq_tol(y3[i], c.y[i], 1e-6);
+        ck_assert_float_eq_tol(dx3[i], dx[i], 1e-6);
+    }
 }
 END_TEST
 
@@ -967,7 +976,7 @@ static Suite *attn_suite(void) {
     tcase_add_test(t, test_sdpa_gradients_match_finite_differences);
     tcase_add_test(t, test_sdpa_fully_masked_rows_give_zeros_not_nan);
     tcase_add_test(t, test_layernorm_matches_definition_and_finite_differences);
-    tcase_add_test(t, test_gelu_matches_tanh_formula_and_finite_differences);
+    tcase_add_test(t, test_gelu_matches_tanh_formula_finite_differences_and_cached_pair);
     tcase_add_test(t, test_xent_label_smoothing_value_gradient_and_ignored_rows);
     tcase_add_test(t, test_sinusoid_table_follows_vaswani);
     tcase_add_test(t, test_embedding_with_positions_gradient_skips_padding);
