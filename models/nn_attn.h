@@ -3,7 +3,11 @@
  *
  * Shapes use B batch, T (query) time, S key time, C model width, NH heads, HS = C/NH
  * head size, FF feed-forward width, V vocabulary, N = B*T rows. Buffers are row-major
- * float32. Backward functions ACCUMULATE into dx and parameter gradients. */
+ * float32. Backward functions ACCUMULATE into dx and parameter gradients.
+ *
+ * Threads: when nn_get_threads() >= 2, the kernels below (and the per-head loops of
+ * attention) run their work as two fixed halves, the second on one helper thread owned by
+ * attn.c; results are bit-identical to one thread. One model step at a time per process. */
 #ifndef MODELS_NN_ATTN_H
 #define MODELS_NN_ATTN_H
 
@@ -15,12 +19,12 @@ void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n);
 
 /* d (n) *= gelu'(x) / relu'(x), in place (OVERWRITES: the caller's dy buffer becomes dx). */
 void nn_fgelu_backward_inplace(float *d, const float *x, size_t n);
+void nn_frelu_backward_inplace(float *d, const float *x, size_t n);
+void nn_frelu_forward(float *y, const float *x, size_t n); /* y = max(x, 0); y == x allowed */
 /* Training pair: forward also stores t (n) = tanh(sqrt(2/pi)(x + 0.044715 x^3)), so the
  * backward (d *= gelu'(x), in place) needs no exp. */
 void nn_fgelu_forward_cache(float *y, float *t, const float *x, size_t n);
 void nn_fgelu_backward_cached(float *d, const float *x, const float *t, size_t n);
-void nn_frelu_backward_inplace(float *d, const float *x, size_t n);
-void nn_frelu_forward(float *y, const float *x, size_t n);
 
 /* Same contracts as nn_layernorm_forward/backward (eps 1e-5, biased variance), in one
  * pass per row each. Backward accumulates into dx, dg, db. Cannot fail. */
