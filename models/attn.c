@@ -719,6 +719,35 @@ void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const flo
     par_run_blas(sdpa_bwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
 }
 
+/* ---- transpose-add ------------------------------------------------------------------------ */
+
+typedef struct tadd_job {
+    float *dst;
+    const float *src;
+    int R, K;
+} tadd_job;
+
+/* Half of dst's rows, in 32 x 32 tiles so both sides stay in cache. */
+static void tadd_part(void *ctx, int part) {
+    const tadd_job *j = ctx;
+    size_t r0, r1;
+    half((size_t)j->R, part, 32, &r0, &r1);
+    for (size_t rb = r0; rb < r1; rb += 32)
+        for (int kb = 0; kb < j->K; kb += 32) {
+            size_t re = rb + 32 < r1 ? rb + 32 : r1;
+            int ke = kb + 32 < j->K ? kb + 32 : j->K;
+            for (size_t r = rb; r < re; r++) {
+                float *d = j->dst + r * j->K;
+                for (int k = kb; k < ke; k++) d[k] += j->src[(size_t)k * j->R + r];
+            }
+        }
+}
+
+void nn_transpose_add(float *dst, const float *src, int R, int K) {
+    tadd_job j = {dst, src, R, K};
+    par_run(tadd_part, &j, (size_t)R * K >= PAR_MIN);
+}
+
 /* ---- projections and multi-head attention ------------------------------------------------------ */
 
 void nn_proj_forward(float *y, int ldy, const float *x, const float *w, const float *b, int N,

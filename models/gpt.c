@@ -634,6 +634,7 @@ typedef struct gpt {
     float *head, *dhead; /* (V,C) when untied */
     float *mem;          /* the one activation block */
     float *logits;       /* (N,V); overwritten by dlogits in training */
+    float *dWT;          /* (C,V) output projection gradient, transposed */
     float *kcache, *vcache; /* (L,Tmax,C) generation caches */
     float *probs;        /* (V) sampling scratch */
     step_buf sb;         /* generation scratch for Tmax rows */
@@ -655,6 +656,7 @@ static size_t gpt_carve(gpt *g, float *base) {
     stack_carve(s, base, &off);
     scratch_carve(&g->w, base, &off, N, 0, s->C, s->FF, (size_t)g->Tmax * g->Tmax);
     g->logits = take(base, &off, N * g->V);
+    g->dWT = take(base, &off, (size_t)s->C * g->V);
     g->kcache = take(base, &off, (size_t)s->L * g->Tmax * s->C);
     g->vcache = take(base, &off, (size_t)s->L * g->Tmax * s->C);
     g->probs = take(base, &off, (size_t)g->V);
@@ -731,10 +733,13 @@ static void project(float *logits, const float *hf, const float *W, int N, int C
     nn_gemm(0, 1, N, V, C, 1.0f, hf, C, W, C, 0.0f, logits, V);
 }
 
-/* Output projection backward from dlogits (N,V): dW += dlogits^T hf; dhf OVERWRITTEN. */
-static void project_backward(float *dhf, float *dW, const float *dlogits, const float *hf,
-                             const float *W, int N, int C, int V) {
-    nn_gemm(1, 0, V, C, N, 1.0f, dlogits, V, hf, C, 1.0f, dW, C);
+/* Output projection backward from dlogits (N,V): dW += dlogits^T hf; dhf OVERWRITTEN.
+ * dWT (C,V) is scratch: OpenBLAS runs hf^T dlogits (C,V) ~10% faster than the (V,C)
+ * product at vocabulary sizes, and the transpose-add costs less than the difference. */
+static void project_backward(float *dhf, float *dW, float *dWT, const float *dlogits,
+                             const float *hf, const float *W, int N, int C, int V) {
+    nn_gemm(1, 0, C, V, N, 1.0f, hf, C, dlogits, V, 0.0f, dWT, V);
+    nn_transpose_add(dW, dWT, V, C);
     nn_gemm(0, 0, N, C, V, 1.0f, dlogits, V, W, C, 0.0f, dhf, C);
 }
 
@@ -755,7 +760,8 @@ static int gpt_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
         nn_set_error("gpt: loss is not finite");
         return NN_ERR_NUMERIC;
     }
-    project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->logits, hf, W, N, s->C, g->V);
+    project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->dWT, g->logits, hf, W, N, s->C,
+                     g->V);
     stack_backward(s, &g->w, b->x, b->B, b->T, NULL, g->w.dtmp, NULL, NULL, 0, NULL);
     st->loss += loss;
     st->count += cnt;
@@ -910,6 +916,7 @@ typedef struct xfm {
     float *head, *dhead; /* (Vt,C) when untied */
     float *mem;          /* the one activation block */
     float *logits;       /* (N,Vt) */
+    float *dWT;          /* (C,Vt) output projection gradient, transposed */
     float *dmem;         /* (N,C) gradient at the encoder output */
     int32_t *din;        /* (N) decoder inputs: BOS, then y shifted right */
     int32_t *src_len;    /* (Bmax) */
@@ -934,6 +941,7 @@ static size_t xfm_carve(xfm *x, float *base) {
     stack_carve(&x->dec, base, &off);
     scratch_carve(&x->w, base, &off, N, N, x->dec.C, x->dec.FF, (size_t)x->Tmax * x->Tmax);
     x->logits = take(base, &off, N * x->Vt);
+    x->dWT = take(base, &off, (size_t)x->dec.C * x->Vt);
     x->dmem = take(base, &off, N * x->dec.C);
     return off;
 }
@@ -1031,7 +1039,8 @@ static int xfm_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
         return NN_ERR_NUMERIC;
     }
     const float *W = x->tie ? x->dec.emb : x->head;
-    project_backward(x->w.dtmp, x->tie ? x->dec.demb : x->dhead, x->logits, hf, W, N, C, x->Vt);
+    project_backward(x->w.dtmp, x->tie ? x->dec.demb : x->dhead, x->dWT, x->logits, hf, W, N, C,
+                     x->Vt);
     memset(x->dmem, 0, (size_t)b->B * b->T * C * sizeof *x->dmem);
     stack_backward(&x->dec, &x->w, x->din, b->B, b->U, NULL, x->w.dtmp, mem, x->dmem, b->T,
                    x->src_len);

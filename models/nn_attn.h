@@ -98,6 +98,9 @@ void nn_proj_backward(float *dx, float *dw, float *db, const float *dy, int ldy,
 void nn_proj_backward_to(float *dx, float *dw, float *db, const float *dy, int ldy,
                          const float *x, const float *w, int N, int C, int OC);
 
+/* dst (R,K) += src^T, src (K,R). Cannot fail. */
+void nn_transpose_add(float *dst, const float *src, int R, int K);
+
 /* ---- positional encodings -------------------------------------------------------------------- */
 /* table (T,C): sin(t / 10000^(2i/C)) in column 2i, cos in column 2i+1 (Vaswani et al.). */
 void nn_sinusoid_table(float *table, int T, int C);
