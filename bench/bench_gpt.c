@@ -164,10 +164,10 @@ int main(int argc, char **argv) {
     double N = (double)B * T;
     /* on paper: params + grads + Adam m, v; activations kept for backward (per layer x_in,
      * ln1, qkv, atty, x_mid, ln2 = 8 N C; h, a, GELU's tanh = 3 N FF; probabilities
-     * B H T T), the
-     * logits N V, ln_f in/out 2 N C, and backward scratch (5 N C + N FF). */
+     * B H T T), the logits N V, ln_f in/out 2 N C, and backward scratch (5 N C + N FF +
+     * the transposed output gradient C V). */
     double act = L * (8.0 * N * C + 3.0 * N * FF + (double)B * H * T * T) + N * V +
-                 2.0 * N * C + 5.0 * N * C + N * FF;
+                 2.0 * N * C + 5.0 * N * C + N * FF + (double)C * V;
     double paper_mb = (4.0 * P + act) * 4.0 / 1048576.0;
     printf("gpt V%d T%d C%d L%d H%d FF%d B%d, %zu parameters, %d thread(s)\n", V, T, C, L, H, FF,
            B, P, threads);
