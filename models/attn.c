@@ -6,8 +6,17 @@
  * Does not: own parameters (layers hold views into the registry), allocate (callers pass
  * caches and scratch), or thread anything itself (GEMMs go through nn_gemm/OpenBLAS).
  * The elementwise kernels use GCC vector extensions so they vectorise at any -O level
- * and on any target (a 16-lane vector is split to what the machine has). */
+ * and on any target (a 16-lane vector is split to what the machine has).
+ *
+ * Threads: with nn_get_threads() >= 2 the memory-bound kernels and the per-head attention
+ * loops run as two halves, the second on one helper thread (OpenBLAS is set to one thread
+ * while both halves call it). Work is always cut into the same two halves and partial sums
+ * are combined in the same order, so results do not depend on the thread count. One split
+ * runs at a time per process: a nested or concurrent one runs both halves in its caller. */
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "models/nn.h"
@@ -68,6 +77,150 @@ static inline float sexp(float x) { /* scalar through the same code path */
 /* tanh(u) = 1 - 2 / (exp(2u) + 1); exact limits at +-inf thanks to the clamp in vexp. */
 static inline vf vtanh(vf u) { return 1.0f - 2.0f / (vexp(u + u) + 1.0f); }
 
+
+/* ---- a fixed two-way split, the second half on a helper thread ----------------------- */
+
+typedef void (*par_fn)(void *ctx, int part);
+
+static struct {
+    pthread_mutex_t start_mu;
+    int started, ok;   /* helper thread created (under start_mu), and running */
+    atomic_flag busy;  /* a split is in flight: nested or concurrent calls run serially */
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_uint gen;   /* task counter: the helper runs part 1 of each new task */
+    atomic_uint done;  /* last task the helper finished */
+    atomic_int sleeping;
+    par_fn fn;
+    void *ctx;
+} pool = {.start_mu = PTHREAD_MUTEX_INITIALIZER,
+          .busy = ATOMIC_FLAG_INIT,
+          .mu = PTHREAD_MUTEX_INITIALIZER,
+          .cv = PTHREAD_COND_INITIALIZER};
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* The helper spins briefly after a task (the next one usually follows within a GEMM's
+ * time), then sleeps on the condition variable so it does not steal OpenBLAS's core. */
+static void *pool_main(void *arg) {
+    (void)arg;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g;
+        int spins = 0;
+        while ((g = atomic_load(&pool.gen)) == seen) {
+            if (++spins < 1000) {
+                cpu_relax();
+                continue;
+            }
+            pthread_mutex_lock(&pool.mu);
+            atomic_store(&pool.sleeping, 1);
+            while ((g = atomic_load(&pool.gen)) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+            atomic_store(&pool.sleeping, 0);
+            pthread_mutex_unlock(&pool.mu);
+            break;
+        }
+        seen = g;
+        pool.fn(pool.ctx, 1);
+        atomic_store(&pool.done, seen);
+    }
+    return NULL;
+}
+
+/* A forked child has no helper thread: start afresh there. */
+static void pool_after_fork_child(void) {
+    pthread_mutex_init(&pool.start_mu, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.started = pool.ok = 0;
+    atomic_flag_clear(&pool.busy);
+    atomic_store(&pool.gen, 0);
+    atomic_store(&pool.done, 0);
+    atomic_store(&pool.sleeping, 0);
+}
+
+static int pool_ready(void) {
+    static int atfork;
+    pthread_mutex_lock(&pool.start_mu);
+    if (!pool.started) {
+        pool.started = 1;
+        if (!atfork) atfork = pthread_atfork(NULL, NULL, pool_after_fork_child) == 0;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pool.ok = atfork && pthread_create(&pool.th, &at, pool_main, NULL) == 0;
+        pthread_attr_destroy(&at);
+    }
+    int ok = pool.ok;
+    pthread_mutex_unlock(&pool.start_mu);
+    return ok;
+}
+
+/* Runs fn(ctx, 0) and fn(ctx, 1): concurrently when big and 2+ threads are allowed (and the
+ * helper could be started), else one after the other. Returns when both are done. */
+static void par_run_on(par_fn fn, void *ctx, int helper) {
+    if (!helper || atomic_flag_test_and_set(&pool.busy)) {
+        fn(ctx, 0);
+        fn(ctx, 1);
+        return;
+    }
+    if (!pool_ready()) {
+        atomic_flag_clear(&pool.busy);
+        fn(ctx, 0);
+        fn(ctx, 1);
+        return;
+    }
+    pool.fn = fn;
+    pool.ctx = ctx;
+    unsigned g = atomic_fetch_add(&pool.gen, 1) + 1;
+    if (atomic_load(&pool.sleeping)) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_signal(&pool.cv);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    fn(ctx, 0);
+    /* the halves are alike, so the helper is usually about done; if it was descheduled
+     * (a loaded machine), give the core away instead of spinning on it */
+    for (int spins = 0; atomic_load(&pool.done) != g; spins++) {
+        if (spins < 2000) cpu_relax();
+        else sched_yield();
+    }
+    atomic_flag_clear(&pool.busy);
+}
+
+static void par_run(par_fn fn, void *ctx, int big) {
+    par_run_on(fn, ctx, big && nn_get_threads() >= 2);
+}
+
+/* For halves that call OpenBLAS themselves: OpenBLAS runs single-threaded meanwhile, so
+ * the two callers do not both queue work on its thread pool. */
+static void par_run_blas(par_fn fn, void *ctx, int big) {
+    int threads = nn_get_threads();
+    if (!big || threads < 2) {
+        par_run_on(fn, ctx, 0);
+        return;
+    }
+    nn_set_threads(1);
+    par_run_on(fn, ctx, 1);
+    nn_set_threads(threads);
+}
+
+/* Half `part` of [0, n): the cut is rounded up to a multiple of align. */
+static void half(size_t n, int part, size_t align, size_t *i0, size_t *i1) {
+    size_t h = (n / 2 + align - 1) / align * align;
+    if (h > n) h = n;
+    *i0 = part ? h : 0;
+    *i1 = part ? n : h;
+}
+
+/* Elementwise work worth a thread handoff (a few microseconds). */
+#define PAR_MIN 32768
+
 /* ---- GELU (tanh approximation) ------------------------------------------------------------ */
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
@@ -83,23 +236,97 @@ static inline vf vgelu_grad(vf x) {
     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * x2);
 }
 
-void nn_fgelu_forward(float *y, const float *x, size_t n) {
-    size_t i = 0;
+static void gelu_fwd_span(float *y, const float *x, size_t i, size_t n) {
     for (; i + VL <= n; i += VL) vstore(y + i, vgelu(vload(x + i)));
     for (; i < n; i++) y[i] = vgelu(vset1(x[i]))[0];
 }
 
-void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n) {
-    size_t i = 0;
+static void gelu_bwd_span(float *dx, const float *dy, const float *x, size_t i, size_t n) {
     for (; i + VL <= n; i += VL)
         vstore(dx + i, vload(dx + i) + vload(dy + i) * vgelu_grad(vload(x + i)));
     for (; i < n; i++) dx[i] += dy[i] * vgelu_grad(vset1(x[i]))[0];
 }
 
-void nn_fgelu_backward_inplace(float *d, const float *x, size_t n) {
-    size_t i = 0;
+static void gelu_bwd_inplace_span(float *d, const float *x, size_t i, size_t n) {
     for (; i + VL <= n; i += VL) vstore(d + i, vload(d + i) * vgelu_grad(vload(x + i)));
     for (; i < n; i++) d[i] *= vgelu_grad(vset1(x[i]))[0];
+}
+
+/* Forward that also keeps t = tanh(k (x + a x^3)) for a backward without exp. */
+static void gelu_fwd_cache_span(float *y, float *t, const float *x, size_t i, size_t n) {
+    for (; i + VL <= n; i += VL) {
+        vf v = vload(x + i), th = vtanh(GELU_K * (v + GELU_A * v * v * v));
+        vstore(t + i, th);
+        vstore(y + i, 0.5f * v * (1.0f + th));
+    }
+    for (; i < n; i++) { /* the same vector arithmetic as above, one lane used */
+        vf v = vset1(x[i]), th = vtanh(GELU_K * (v + GELU_A * v * v * v));
+        t[i] = th[0];
+        y[i] = (0.5f * v * (1.0f + th))[0];
+    }
+}
+
+static inline vf vgelu_grad_t(vf x, vf t) {
+    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * x * x);
+}
+
+static void gelu_bwd_cached_span(float *d, const float *x, const float *t, size_t i, size_t n) {
+    for (; i + VL <= n; i += VL)
+        vstore(d + i, vload(d + i) * vgelu_grad_t(vload(x + i), vload(t + i)));
+    for (; i < n; i++) d[i] *= vgelu_grad_t(vset1(x[i]), vset1(t[i]))[0];
+}
+
+static void add_span(float *y, const float *a, const float *b, size_t i, size_t n) {
+    for (; i + VL <= n; i += VL) vstore(y + i, vload(a + i) + vload(b + i));
+    for (; i < n; i++) y[i] = a[i] + b[i];
+}
+
+/* One elementwise job over n floats, cut in halves at multiples of VL. */
+typedef struct ew_job {
+    int kind; /* 0 gelu forward, 1 gelu backward, 2 gelu backward in place, 3 add,
+                 4 gelu forward keeping tanh in z, 5 gelu backward in place from tanh b */
+    float *y;
+    const float *a, *b;
+    size_t n;
+    float *z;
+} ew_job;
+
+static void ew_part(void *ctx, int part) {
+    ew_job *j = ctx;
+    size_t i0, i1;
+    half(j->n, part, VL, &i0, &i1);
+    switch (j->kind) {
+    case 0: gelu_fwd_span(j->y, j->a, i0, i1); break;
+    case 1: gelu_bwd_span(j->y, j->a, j->b, i0, i1); break;
+    case 2: gelu_bwd_inplace_span(j->y, j->a, i0, i1); break;
+    case 4: gelu_fwd_cache_span(j->y, j->z, j->a, i0, i1); break;
+    case 5: gelu_bwd_cached_span(j->y, j->a, j->b, i0, i1); break;
+    default: add_span(j->y, j->a, j->b, i0, i1); break;
+    }
+}
+
+static void ew_run(int kind, float *y, const float *a, const float *b, size_t n, size_t work) {
+    ew_job j = {kind, y, a, b, n, NULL};
+    par_run(ew_part, &j, work >= PAR_MIN);
+}
+
+void nn_fgelu_forward(float *y, const float *x, size_t n) { ew_run(0, y, x, NULL, n, 4 * n); }
+
+void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n) {
+    ew_run(1, dx, dy, x, n, 4 * n);
+}
+
+void nn_fgelu_backward_inplace(float *d, const float *x, size_t n) {
+    ew_run(2, d, x, NULL, n, 4 * n);
+}
+
+void nn_fgelu_forward_cache(float *y, float *t, const float *x, size_t n) {
+    ew_job j = {4, y, x, NULL, n, t};
+    par_run(ew_part, &j, 4 * n >= PAR_MIN);
+}
+
+void nn_fgelu_backward_cached(float *d, const float *x, const float *t, size_t n) {
+    ew_run(5, d, x, t, n, 2 * n);
 }
 
 void nn_frelu_backward_inplace(float *d, const float *x, size_t n) {
@@ -110,17 +337,9 @@ void nn_frelu_forward(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-void nn_add_inplace(float *y, const float *x, size_t n) {
-    size_t i = 0;
-    for (; i + VL <= n; i += VL) vstore(y + i, vload(y + i) + vload(x + i));
-    for (; i < n; i++) y[i] += x[i];
-}
+void nn_add_inplace(float *y, const float *x, size_t n) { ew_run(3, y, y, x, n, n); }
 
-void nn_add3(float *y, const float *a, const float *b, size_t n) {
-    size_t i = 0;
-    for (; i + VL <= n; i += VL) vstore(y + i, vload(a + i) + vload(b + i));
-    for (; i < n; i++) y[i] = a[i] + b[i];
-}
+void nn_add3(float *y, const float *a, const float *b, size_t n) { ew_run(3, y, a, b, n, n); }
 
 /* ---- layer norm ------------------------------------------------------------------------------ */
 
@@ -137,9 +356,9 @@ static float row_sum(const float *x, int C) {
     return s;
 }
 
-void nn_flayernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
-                           const float *b, int N, int C) {
-    for (int i = 0; i < N; i++) {
+static void ln_fwd_rows(float *y, float *mean, float *rstd, const float *x, const float *g,
+                        const float *b, int i0, int i1, int C) {
+    for (int i = i0; i < i1; i++) {
         const float *xr = x + (size_t)i * C;
         float *yr = y + (size_t)i * C;
         float m = row_sum(xr, C) / (float)C;
@@ -161,9 +380,10 @@ void nn_flayernorm_forward(float *y, float *mean, float *rstd, const float *x, c
     }
 }
 
-void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
-                            const float *mean, const float *rstd, const float *g, int N, int C) {
-    for (int i = 0; i < N; i++) {
+static void ln_bwd_rows(float *dx, float *dg, float *db, const float *dy, const float *x,
+                        const float *mean, const float *rstd, const float *g, int i0, int i1,
+                        int C) {
+    for (int i = i0; i < i1; i++) {
         const float *xr = x + (size_t)i * C, *dyr = dy + (size_t)i * C;
         float *dxr = dx + (size_t)i * C;
         float m = mean[i], rs = rstd[i];
@@ -201,14 +421,74 @@ void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, co
     }
 }
 
+typedef struct ln_job {
+    float *y, *mean, *rstd, *dg2, *db2; /* dg2, db2: (2,C) partial sums, one row per half */
+    const float *x, *g, *b, *dy;
+    int N, C;
+} ln_job;
+
+static void ln_fwd_part(void *ctx, int part) {
+    ln_job *j = ctx;
+    size_t i0, i1;
+    half((size_t)j->N, part, 1, &i0, &i1);
+    ln_fwd_rows(j->y, j->mean, j->rstd, j->x, j->g, j->b, (int)i0, (int)i1, j->C);
+}
+
+static void ln_bwd_part(void *ctx, int part) {
+    ln_job *j = ctx;
+    size_t i0, i1;
+    half((size_t)j->N, part, 1, &i0, &i1);
+    ln_bwd_rows(j->y, j->dg2 + (size_t)part * j->C, j->db2 + (size_t)part * j->C, j->dy, j->x,
+                j->mean, j->rstd, j->g, (int)i0, (int)i1, j->C);
+}
+
+void nn_flayernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
+                           const float *b, int N, int C) {
+    ln_job j = {y, mean, rstd, NULL, NULL, x, g, b, NULL, N, C};
+    par_run(ln_fwd_part, &j, (size_t)N * C >= PAR_MIN);
+}
+
+/* The parameter gradients of the two halves are summed separately, then added (in the
+ * same order whatever the thread count). Widths above 4096 run in one piece. */
+void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, const float *x,
+                            const float *mean, const float *rstd, const float *g, int N, int C) {
+    if (N <= 0 || C <= 0) return;
+    if (C > 4096) {
+        ln_bwd_rows(dx, dg, db, dy, x, mean, rstd, g, 0, N, C);
+        return;
+    }
+    float part[4 * C];
+    memset(part, 0, sizeof part);
+    ln_job j = {dx, (float *)mean, (float *)rstd, part, part + 2 * C, x, g, NULL, dy, N, C};
+    par_run(ln_bwd_part, &j, (size_t)N * C >= PAR_MIN);
+    for (int c = 0; c < C; c++) {
+        dg[c] += part[c] + part[C + c];
+        db[c] += part[2 * C + c] + part[3 * C + c];
+    }
+}
+
 /* ---- softmax cross-entropy over the vocabulary --------------------------------------------- */
 
-double nn_fxent_forward_backward(float *dlogits, const float *logits, const int32_t *targets,
-                                 int N, int V, int ignore_index, float label_smoothing,
-                                 float grad_scale, double *count, double *correct) {
+typedef struct xent_job {
+    float *dlogits;
+    const float *logits;
+    const int32_t *targets;
+    int N, V, ignore, want_hits;
+    float eps, scale;
+    double loss[2], cnt[2], hits[2];
+} xent_job;
+
+static void xent_part(void *ctx, int part) {
+    xent_job *jb = ctx;
+    size_t i0, i1;
+    half((size_t)jb->N, part, 1, &i0, &i1);
+    float *dlogits = jb->dlogits;
+    const float *logits = jb->logits;
+    const int32_t *targets = jb->targets;
+    const int V = jb->V, ignore_index = jb->ignore;
+    const float eps = jb->eps, grad_scale = jb->scale;
     double loss = 0.0, cnt = 0.0, hits = 0.0;
-    const float eps = label_smoothing;
-    for (int i = 0; i < N; i++) {
+    for (int i = (int)i0; i < (int)i1; i++) {
         const float *row = logits + (size_t)i * V;
         float *drow = dlogits ? dlogits + (size_t)i * V : NULL;
         int tgt = targets[i];
@@ -231,7 +511,7 @@ double nn_fxent_forward_backward(float *dlogits, const float *logits, const int3
             sx += row[j];
         }
         float xt = row[tgt];
-        if (correct) { /* first index holding the maximum */
+        if (jb->want_hits) { /* first index holding the maximum */
             int am = 0;
             while (row[am] != mx) am++;
             hits += am == tgt;
@@ -267,9 +547,18 @@ double nn_fxent_forward_backward(float *dlogits, const float *logits, const int3
             drow[tgt] -= grad_scale * (1.0f - eps);
         }
     }
-    if (count) *count += cnt;
-    if (correct) *correct += hits;
-    return loss;
+    jb->loss[part] = loss, jb->cnt[part] = cnt, jb->hits[part] = hits;
+}
+
+double nn_fxent_forward_backward(float *dlogits, const float *logits, const int32_t *targets,
+                                 int N, int V, int ignore_index, float label_smoothing,
+                                 float grad_scale, double *count, double *correct) {
+    xent_job j = {dlogits, logits, targets, N, V, ignore_index, correct != NULL,
+                  label_smoothing, grad_scale, {0, 0}, {0, 0}, {0, 0}};
+    par_run(xent_part, &j, (size_t)N * V >= PAR_MIN);
+    if (count) *count += j.cnt[0] + j.cnt[1];
+    if (correct) *correct += j.hits[0] + j.hits[1];
+    return j.loss[0] + j.loss[1];
 }
 
 /* ---- scaled dot-product attention ---------------------------------------------------------- */
@@ -304,69 +593,159 @@ static void masked_softmax_row(float *row, int lim, int S) {
     if (lim < S) memset(row + lim, 0, (size_t)(S - lim) * sizeof *row);
 }
 
+typedef struct sdpa_job {
+    float *out, *att, *dq, *dk, *dv, *scratch;
+    const float *q, *k, *v, *dout, *patt;
+    const int32_t *key_len;
+    int ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS;
+} sdpa_job;
+
+/* Causal attention runs in blocks of SDPA_QB query rows: a block only multiplies the keys
+ * its last row can see, which skips most of the masked upper triangle. */
+#define SDPA_QB 32
+
+/* Keys visible to the query rows [r0, r1): all klim, or with the causal mask up to the
+ * last row's own position (queries are the last T of S positions). */
+static int block_keys(const sdpa_job *j, int klim, int r1) {
+    int kn = klim;
+    if (j->causal && r1 + (j->S - j->T) < kn) kn = r1 + (j->S - j->T);
+    return kn;
+}
+
+static void sdpa_fwd_part(void *ctx, int part) {
+    const sdpa_job *j = ctx;
+    const int T = j->T, S = j->S, NH = j->NH, HS = j->HS;
+    const int ldq = j->ldq, ldk = j->ldk, ldv = j->ldv, ldo = j->ldo;
+    const float scale = 1.0f / sqrtf((float)HS);
+    const int qb_rows = j->causal ? SDPA_QB : T;
+    size_t p0, p1;
+    half((size_t)j->B * NH, part, 1, &p0, &p1);
+    for (size_t p = p0; p < p1; p++) {
+        int b = (int)(p / NH), h = (int)(p % NH);
+        int klim = j->key_len ? j->key_len[b] : S;
+        if (klim > S) klim = S;
+        if (klim < 0) klim = 0;
+        float *P = j->att + p * T * S;
+        const float *qb = j->q + (size_t)b * T * ldq + h * HS;
+        const float *kb = j->k + (size_t)b * S * ldk + h * HS;
+        const float *vb = j->v + (size_t)b * S * ldv + h * HS;
+        float *ob = j->out + (size_t)b * T * ldo + h * HS;
+        for (int r0 = 0; r0 < T; r0 += qb_rows) {
+            int r1 = r0 + qb_rows < T ? r0 + qb_rows : T, kn = block_keys(j, klim, r1);
+            float *Pr = P + (size_t)r0 * S;
+            if (kn > 0)
+                nn_gemm(0, 1, r1 - r0, kn, HS, scale, qb + (size_t)r0 * ldq, ldq, kb, ldk, 0.0f,
+                        Pr, S);
+            for (int i = r0; i < r1; i++) {
+                int lim = klim;
+                if (j->causal && i + (S - T) + 1 < lim) lim = i + (S - T) + 1;
+                masked_softmax_row(P + (size_t)i * S, lim, S);
+            }
+            if (kn > 0) {
+                nn_gemm(0, 0, r1 - r0, HS, kn, 1.0f, Pr, S, vb, ldv, 0.0f, ob + (size_t)r0 * ldo,
+                        ldo);
+            } else {
+                for (int i = r0; i < r1; i++)
+                    memset(ob + (size_t)i * ldo, 0, (size_t)HS * sizeof *ob);
+            }
+        }
+    }
+}
+
 void nn_sdpa_forward(float *out, int ldo, float *att, const float *q, int ldq, const float *k,
                      int ldk, const float *v, int ldv, const int32_t *key_len, int causal, int B,
                      int T, int S, int NH, int HS) {
+    sdpa_job j = {out, att, NULL, NULL, NULL, NULL, q, k, v, NULL, NULL, key_len,
+                  ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS};
+    par_run_blas(sdpa_fwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
+}
+
+static void sdpa_bwd_part(void *ctx, int part) {
+    const sdpa_job *j = ctx;
+    const int T = j->T, S = j->S, NH = j->NH, HS = j->HS;
+    const int ldq = j->ldq, ldk = j->ldk, ldv = j->ldv, ldo = j->ldo;
     const float scale = 1.0f / sqrtf((float)HS);
-    for (int b = 0; b < B; b++) {
-        int klim = key_len ? key_len[b] : S;
+    const int qb_rows = j->causal ? SDPA_QB : T;
+    float *scratch = j->scratch + (size_t)part * T * S;
+    size_t p0, p1;
+    half((size_t)j->B * NH, part, 1, &p0, &p1);
+    for (size_t p = p0; p < p1; p++) {
+        int b = (int)(p / NH), h = (int)(p % NH);
+        int klim = j->key_len ? j->key_len[b] : S;
         if (klim > S) klim = S;
-        for (int h = 0; h < NH; h++) {
-            float *P = att + ((size_t)b * NH + h) * T * S;
-            const float *qb = q + (size_t)b * T * ldq + h * HS;
-            const float *kb = k + (size_t)b * S * ldk + h * HS;
-            const float *vb = v + (size_t)b * S * ldv + h * HS;
-            /* keys past key_len are never seen: score only the first klim */
-            if (klim > 0) nn_gemm(0, 1, T, klim, HS, scale, qb, ldq, kb, ldk, 0.0f, P, S);
-            for (int i = 0; i < T; i++) {
-                int lim = klim;
-                if (causal && i + (S - T) + 1 < lim) lim = i + (S - T) + 1;
-                masked_softmax_row(P + (size_t)i * S, lim, S);
+        if (klim < 0) klim = 0;
+        const float *P = j->patt + p * T * S;
+        const float *qb = j->q + (size_t)b * T * ldq + h * HS;
+        const float *kb = j->k + (size_t)b * S * ldk + h * HS;
+        const float *vb = j->v + (size_t)b * S * ldv + h * HS;
+        const float *dob = j->dout + (size_t)b * T * ldo + h * HS;
+        float *dqb = j->dq + (size_t)b * T * ldq + h * HS;
+        float *dkb = j->dk + (size_t)b * S * ldk + h * HS;
+        float *dvb = j->dv + (size_t)b * S * ldv + h * HS;
+        for (int r0 = 0; r0 < T; r0 += qb_rows) {
+            int r1 = r0 + qb_rows < T ? r0 + qb_rows : T, kn = block_keys(j, klim, r1);
+            int rb = r1 - r0;
+            if (kn <= 0) continue; /* no visible key: no gradient */
+            const float *Pr = P + (size_t)r0 * S;
+            float *sr = scratch + (size_t)r0 * S;
+            /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)), over the kn visible keys */
+            nn_gemm(0, 1, rb, kn, HS, 1.0f, dob + (size_t)r0 * ldo, ldo, vb, ldv, 0.0f, sr, S);
+            for (int i = 0; i < rb; i++) {
+                const float *pr = Pr + (size_t)i * S;
+                float *dr = sr + (size_t)i * S;
+                vf acc = {0};
+                int c = 0;
+                for (; c + VL <= kn; c += VL) acc += vload(pr + c) * vload(dr + c);
+                float d = vhsum(acc);
+                for (; c < kn; c++) d += pr[c] * dr[c];
+                vf vd = vset1(d);
+                for (c = 0; c + VL <= kn; c += VL)
+                    vstore(dr + c, vload(pr + c) * (vload(dr + c) - vd));
+                for (; c < kn; c++) dr[c] = pr[c] * (dr[c] - d);
             }
-            float *ob = out + (size_t)b * T * ldo + h * HS;
-            if (klim > 0) {
-                nn_gemm(0, 0, T, HS, klim, 1.0f, P, S, vb, ldv, 0.0f, ob, ldo);
-            } else {
-                for (int i = 0; i < T; i++) memset(ob + (size_t)i * ldo, 0, (size_t)HS * sizeof *ob);
-            }
+            nn_gemm(0, 0, rb, HS, kn, scale, sr, S, kb, ldk, 1.0f, dqb + (size_t)r0 * ldq, ldq);
+            nn_gemm(1, 0, kn, HS, rb, scale, sr, S, qb + (size_t)r0 * ldq, ldq, 1.0f, dkb, ldk);
+            nn_gemm(1, 0, kn, HS, rb, 1.0f, Pr, S, dob + (size_t)r0 * ldo, ldo, 1.0f, dvb, ldv);
         }
     }
 }
 
 void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, int ldo,
                       const float *att, const float *q, int ldq, const float *k, int ldk,
-                      const float *v, int ldv, int B, int T, int S, int NH, int HS) {
-    const float scale = 1.0f / sqrtf((float)HS);
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
-            const float *P = att + ((size_t)b * NH + h) * T * S;
-            const float *qb = q + (size_t)b * T * ldq + h * HS;
-            const float *kb = k + (size_t)b * S * ldk + h * HS;
-            const float *vb = v + (size_t)b * S * ldv + h * HS;
-            const float *dob = dout + (size_t)b * T * ldo + h * HS;
-            /* dP = dO V^T; dS = P * (dP - rowsum(P * dP)) */
-            nn_gemm(0, 1, T, S, HS, 1.0f, dob, ldo, vb, ldv, 0.0f, scratch, S);
-            for (int i = 0; i < T; i++) {
-                const float *pr = P + (size_t)i * S;
-                float *dr = scratch + (size_t)i * S;
-                vf acc = {0};
-                int j = 0;
-                for (; j + VL <= S; j += VL) acc += vload(pr + j) * vload(dr + j);
-                float d = vhsum(acc);
-                for (; j < S; j++) d += pr[j] * dr[j];
-                vf vd = vset1(d);
-                for (j = 0; j + VL <= S; j += VL)
-                    vstore(dr + j, vload(pr + j) * (vload(dr + j) - vd));
-                for (; j < S; j++) dr[j] = pr[j] * (dr[j] - d);
+                      const float *v, int ldv, const int32_t *key_len, int causal, int B, int T,
+                      int S, int NH, int HS) {
+    sdpa_job j = {NULL, NULL, dq, dk, dv, scratch, q, k, v, dout, att, key_len,
+                  ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS};
+    par_run_blas(sdpa_bwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
+}
+
+/* ---- transpose-add ------------------------------------------------------------------------ */
+
+typedef struct tadd_job {
+    float *dst;
+    const float *src;
+    int R, K;
+} tadd_job;
+
+/* Half of dst's rows, in 32 x 32 tiles so both sides stay in cache. */
+static void tadd_part(void *ctx, int part) {
+    const tadd_job *j = ctx;
+    size_t r0, r1;
+    half((size_t)j->R, part, 32, &r0, &r1);
+    for (size_t rb = r0; rb < r1; rb += 32)
+        for (int kb = 0; kb < j->K; kb += 32) {
+            size_t re = rb + 32 < r1 ? rb + 32 : r1;
+            int ke = kb + 32 < j->K ? kb + 32 : j->K;
+            for (size_t r = rb; r < re; r++) {
+                float *d = j->dst + r * j->K;
+                for (int k = kb; k < ke; k++) d[k] += j->src[(size_t)k * j->R + r];
             }
-            nn_gemm(0, 0, T, HS, S, scale, scratch, S, kb, ldk, 1.0f,
-                    dq + (size_t)b * T * ldq + h * HS, ldq);
-            nn_gemm(1, 0, S, HS, T, scale, scratch, S, qb, ldq, 1.0f,
-                    dk + (size_t)b * S * ldk + h * HS, ldk);
-            nn_gemm(1, 0, S, HS, T, 1.0f, P, S, dob, ldo, 1.0f, dv + (size_t)b * S * ldv + h * HS,
-                    ldv);
         }
-    }
+}
+
+void nn_transpose_add(float *dst, const float *src, int R, int K) {
+    tadd_job j = {dst, src, R, K};
+    par_run(tadd_part, &j, (size_t)R * K >= PAR_MIN);
 }
 
 /* ---- projections and multi-head attention ------------------------------------------------------ */
@@ -381,13 +760,29 @@ void nn_proj_forward(float *y, int ldy, const float *x, const float *w, const fl
     nn_gemm(0, 1, N, OC, C, 1.0f, x, C, w, C, beta, y, ldy);
 }
 
-static void colsum_add(float *db, const float *dy, int ldy, int N, int OC) {
-    for (int i = 0; i < N; i++) {
-        const float *r = dy + (size_t)i * ldy;
-        int j = 0;
-        for (; j + VL <= OC; j += VL) vstore(db + j, vload(db + j) + vload(r + j));
-        for (; j < OC; j++) db[j] += r[j];
+typedef struct colsum_job {
+    float *db;
+    const float *dy;
+    int ldy, N, OC;
+} colsum_job;
+
+/* Half of the columns: each column is summed over all rows in row order either way. */
+static void colsum_part(void *ctx, int part) {
+    const colsum_job *c = ctx;
+    size_t j0, j1;
+    half((size_t)c->OC, part, VL, &j0, &j1);
+    for (int i = 0; i < c->N; i++) {
+        const float *r = c->dy + (size_t)i * c->ldy;
+        float *db = c->db;
+        size_t j = j0;
+        for (; j + VL <= j1; j += VL) vstore(db + j, vload(db + j) + vload(r + j));
+        for (; j < j1; j++) db[j] += r[j];
     }
+}
+
+static void colsum_add(float *db, const float *dy, int ldy, int N, int OC) {
+    colsum_job c = {db, dy, ldy, N, OC};
+    par_run(colsum_part, &c, (size_t)N * OC >= PAR_MIN);
 }
 
 void nn_proj_backward(float *dx, float *dw, float *db, const float *dy, int ldy, const float *x,

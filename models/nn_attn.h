@@ -3,7 +3,11 @@
  *
  * Shapes use B batch, T (query) time, S key time, C model width, NH heads, HS = C/NH
  * head size, FF feed-forward width, V vocabulary, N = B*T rows. Buffers are row-major
- * float32. Backward functions ACCUMULATE into dx and parameter gradients. */
+ * float32. Backward functions ACCUMULATE into dx and parameter gradients.
+ *
+ * Threads: when nn_get_threads() >= 2, the kernels below (and the per-head loops of
+ * attention) run their work as two fixed halves, the second on one helper thread owned by
+ * attn.c; results are bit-identical to one thread. One model step at a time per process. */
 #ifndef MODELS_NN_ATTN_H
 #define MODELS_NN_ATTN_H
 
@@ -16,7 +20,11 @@ void nn_fgelu_backward(float *dx, const float *dy, const float *x, size_t n);
 /* d (n) *= gelu'(x) / relu'(x), in place (OVERWRITES: the caller's dy buffer becomes dx). */
 void nn_fgelu_backward_inplace(float *d, const float *x, size_t n);
 void nn_frelu_backward_inplace(float *d, const float *x, size_t n);
-void nn_frelu_forward(float *y, const float *x, size_t n);
+void nn_frelu_forward(float *y, const float *x, size_t n); /* y = max(x, 0); y == x allowed */
+/* Training pair: forward also stores t (n) = tanh(sqrt(2/pi)(x + 0.044715 x^3)), so the
+ * backward (d *= gelu'(x), in place) needs no exp. */
+void nn_fgelu_forward_cache(float *y, float *t, const float *x, size_t n);
+void nn_fgelu_backward_cached(float *d, const float *x, const float *t, size_t n);
 
 /* Same contracts as nn_layernorm_forward/backward (eps 1e-5, biased variance), in one
  * pass per row each. Backward accumulates into dx, dg, db. Cannot fail. */
@@ -45,11 +53,14 @@ double nn_fxent_forward_backward(float *dlogits, const float *logits, const int3
 void nn_sdpa_forward(float *out, int ldo, float *att, const float *q, int ldq, const float *k,
                      int ldk, const float *v, int ldv, const int32_t *key_len, int causal, int B,
                      int T, int S, int NH, int HS);
-/* Accumulates dq, dk, dv (same strides as q, k, v) from dout (stride ldo). scratch holds
- * T*S floats. Cannot fail. */
+/* Accumulates dq, dk, dv (same strides as q, k, v) from dout (stride ldo), given the
+ * forward's att and the same masks (key_len, causal: they bound the keys each block of
+ * queries multiplies; masked probabilities are 0 either way). scratch holds 2*T*S floats
+ * (one T*S block per half of the heads). Cannot fail. */
 void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, int ldo,
                       const float *att, const float *q, int ldq, const float *k, int ldk,
-                      const float *v, int ldv, int B, int T, int S, int NH, int HS);
+                      const float *v, int ldv, const int32_t *key_len, int causal, int B, int T,
+                      int S, int NH, int HS);
 
 /* ---- multi-head attention layer ------------------------------------------------------------ */
 /* Parameters of one attention block; views into the registry (own nothing).
@@ -86,6 +97,9 @@ void nn_proj_backward(float *dx, float *dw, float *db, const float *dy, int ldy,
 /* As nn_proj_backward but dx (N,C) is OVERWRITTEN (beta = 0), saving a memset. */
 void nn_proj_backward_to(float *dx, float *dw, float *db, const float *dy, int ldy,
                          const float *x, const float *w, int N, int C, int OC);
+
+/* dst (R,K) += src^T, src (K,R). Cannot fail. */
+void nn_transpose_add(float *dst, const float *src, int R, int K);
 
 /* ---- positional encodings -------------------------------------------------------------------- */
 /* table (T,C): sin(t / 10000^(2i/C)) in column 2i, cos in column 2i+1 (Vaswani et al.). */

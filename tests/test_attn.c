@@ -10,6 +10,8 @@
 #include <math.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "models/nn.h"
 
@@ -143,10 +145,11 @@ START_TEST(test_sdpa_gradients_match_finite_differences) {
     int shapes[3][5] = {{1, 3, 3, 3, 2}, {1, 2, 5, 4, 5}, {0, 3, 5, 5, 3}};
     for (int s = 0; s < 3; s++) {
         sdpa_setup(&c, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4]);
-        static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[AT * AS];
+        static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[2 * AT * AS];
         memset(dq, 0, sizeof dq), memset(dk, 0, sizeof dk), memset(dv, 0, sizeof dv);
         sdpa_loss(&c);
-        nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, AB,
+        nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD,
+                         c.key_len, c.causal, AB,
                          c.T, c.S, ANH, AHS);
         size_t nq = (size_t)AB * c.T * ALD, nk = (size_t)AB * c.S * ALD;
         ck_assert_int_eq(fd_check(sdpa_loss, &c, c.q, dq, nq, 1e-2f, 200, 1e-2, 1e-4, "grad"), 0);
@@ -167,8 +170,9 @@ START_TEST(test_sdpa_fully_masked_rows_give_zeros_not_nan) {
     for (int i = 0; i < 3; i++) /* one visible key: the output is its value */
         for (int e = 0; e < ANH * AHS; e++)
             ck_assert_float_eq_tol(c.out[(3 + i) * ALD + e], c.v[5 * ALD + e], 1e-6);
-    static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[AT * AS];
-    nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, AB, 3, 5,
+    static float dq[AB * AT * ALD], dk[AB * AS * ALD], dv[AB * AS * ALD], scratch[2 * AT * AS];
+    nn_sdpa_backward(dq, dk, dv, scratch, c.r, ALD, c.att, c.q, ALD, c.k, ALD, c.v, ALD, c.key_len,
+                     1, AB, 3, 5,
                      ANH, AHS);
     for (size_t i = 0; i < sizeof dq / 4; i++) ck_assert(isfinite(dq[i]));
     for (size_t i = 0; i < 5 * ALD; i++) ck_assert_float_eq(dk[i], 0.0f);
@@ -221,7 +225,7 @@ static double gelu_loss(void *ctx) {
     return dot(c->y, c->r, GN);
 }
 
-START_TEST(test_gelu_matches_tanh_formula_and_finite_differences) {
+START_TEST(test_gelu_matches_tanh_formula_finite_differences_and_cached_pair) {
     static gelu_case c;
     fill_normal(c.x, GN, 3.0f, 9);
     c.x[0] = 40.0f, c.x[1] = -40.0f, c.x[2] = 0.0f;
@@ -238,6 +242,15 @@ START_TEST(test_gelu_matches_tanh_formula_and_finite_differences) {
     memcpy(dx2, c.r, sizeof dx2);
     nn_fgelu_backward_inplace(dx2, c.x, GN);
     for (int i = 0; i < GN; i++) ck_assert_float_eq_tol(dx2[i], dx[i], 1e-6);
+    /* the training pair (tanh kept from forward) agrees with the plain kernels */
+    float y3[GN], t3[GN], dx3[GN];
+    nn_fgelu_forward_cache(y3, t3, c.x, GN);
+    memcpy(dx3, c.r, sizeof dx3);
+    nn_fgelu_backward_cached(dx3, c.x, t3, GN);
+    for (int i = 0; i < GN; i++) {
+        ck_assert_float_eq_tol(y3[i], c.y[i], 1e-6);
+        ck_assert_float_eq_tol(dx3[i], dx[i], 1e-6);
+    }
 }
 END_TEST
 
@@ -338,7 +351,7 @@ END_TEST
 
 typedef struct gpt_case {
     nn_model m;
-    int32_t x[64], y[64];
+    int32_t x[128], y[128];
     int64_t index[8];
     nn_batch b;
 } gpt_case;
@@ -499,6 +512,42 @@ START_TEST(test_gpt_generate_top_k_sampling_is_keyed_and_bounded) {
         ck_assert_int_lt(above, 3);
         seq[2 + s] = a[s];
     }
+    nn_model_free(&c.m);
+}
+END_TEST
+
+
+START_TEST(test_two_threads_give_bit_identical_gradients_and_survive_fork) {
+    /* big enough that every kernel takes its two-thread path */
+    const char *kv[] = {"layers", "2", "heads", "4", "dim", "256", "ff", "512", "context", "32",
+                        "dropout", "0.1", NULL};
+    static gpt_case c;
+    gpt_case_init(&c, kv, 300, 4, 32, 0.1f);
+    nn_params *ps = &c.m.params;
+    float *g1 = malloc(ps->total * sizeof *g1);
+    int saved = nn_get_threads();
+    double loss[2];
+    for (int t = 0; t < 2; t++) {
+        nn_set_threads(t + 1);
+        nn_params_zero_grad(ps);
+        loss[t] = gpt_loss(&c);
+        if (t == 0) memcpy(g1, ps->grad, ps->total * sizeof *g1);
+    }
+    ck_assert(loss[0] == loss[1]);
+    ck_assert_int_eq(memcmp(g1, ps->grad, ps->total * sizeof *g1), 0);
+    /* a forked child (the helper thread is not inherited) still completes a step */
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        alarm(20);
+        nn_params_zero_grad(ps);
+        _exit(gpt_loss(&c) == loss[1] ? 0 : 1);
+    }
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    nn_set_threads(saved);
+    free(g1);
     nn_model_free(&c.m);
 }
 END_TEST
@@ -927,7 +976,7 @@ static Suite *attn_suite(void) {
     tcase_add_test(t, test_sdpa_gradients_match_finite_differences);
     tcase_add_test(t, test_sdpa_fully_masked_rows_give_zeros_not_nan);
     tcase_add_test(t, test_layernorm_matches_definition_and_finite_differences);
-    tcase_add_test(t, test_gelu_matches_tanh_formula_and_finite_differences);
+    tcase_add_test(t, test_gelu_matches_tanh_formula_finite_differences_and_cached_pair);
     tcase_add_test(t, test_xent_label_smoothing_value_gradient_and_ignored_rows);
     tcase_add_test(t, test_sinusoid_table_follows_vaswani);
     tcase_add_test(t, test_embedding_with_positions_gradient_skips_padding);
@@ -940,6 +989,7 @@ static Suite *attn_suite(void) {
     tcase_add_test(g, test_gpt_kv_cache_matches_full_forward);
     tcase_add_test(g, test_gpt_generate_top_k_sampling_is_keyed_and_bounded);
     tcase_add_test(g, test_gpt_rejects_bad_configs_and_batches);
+    tcase_add_test(g, test_two_threads_give_bit_identical_gradients_and_survive_fork);
     suite_add_tcase(s, g);
     TCase *x = tcase_create("transformer");
     tcase_set_timeout(x, 60);
