@@ -32,6 +32,7 @@
 /* ---- one stack of blocks ------------------------------------------------------------------ */
 
 typedef struct blk {
+    int first_param;                  /* registry index of this block's first tensor */
     nn_mha self, cross;
     float *ln1_g, *ln1_b, *lnc_g, *lnc_b, *ln2_g, *ln2_b, *w1, *b1, *w2, *b2;
     float *dln1_g, *dln1_b, *dlnc_g, *dlnc_b, *dln2_g, *dln2_b, *dw1, *db1, *dw2, *db2;
@@ -67,6 +68,7 @@ typedef struct stack {
     blk *blk;
     float *x_out, *lnf, *lnf_mean, *lnf_rstd; /* (N,C), (N) */
     float *mask_emb;                          /* (N,C) */
+    nn_model *grad_hook; /* set during a backward whose finished blocks may be announced */
 } stack;
 
 /* Backward scratch shared by the stacks of a model. */
@@ -163,6 +165,7 @@ static int stack_register(stack *s, nn_params *ps, const char *prefix, const cha
         return rc;
     for (int l = 0; l < s->L; l++) {
         blk *b = &s->blk[l];
+        b->first_param = ps->n;
 #define VEC(suffix, n, init, d, gr)                                         \
     do {                                                                    \
         snprintf(name, sizeof name, "%slayer_%d/%s", prefix, l, suffix);    \
@@ -438,6 +441,9 @@ static void stack_backward(stack *s, scratch *w, const int32_t *ids, int B, int 
             const float *dp = undrop(w->dtmp, w->dres, b->mask_attn, NC);
             self_backward(s, w, b, w->dres, 0, dp, b->x_in, key_len, B, T);
         }
+        /* block l and everything registered after it are final: the trainer may start
+         * reducing them while the blocks below run */
+        if (s->grad_hook) nn_grad_ready(s->grad_hook, s->blk[l].first_param);
     }
     if (s->mask_emb) mul3(w->dres, w->dres, s->mask_emb, NC);
     nn_embed_pos_backward(s->demb, s->dpos, w->dres, ids, B, T, C);
@@ -762,7 +768,9 @@ static int gpt_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
     }
     project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->dWT, g->logits, hf, W, N, s->C,
                      g->V);
+    s->grad_hook = m; /* decoder-only: blocks finish in reverse registration order */
     stack_backward(s, &g->w, b->x, b->B, b->T, NULL, g->w.dtmp, NULL, NULL, 0, NULL);
+    s->grad_hook = NULL;
     st->loss += loss;
     st->count += cnt;
     st->correct += hits;

@@ -1,9 +1,11 @@
 #!/usr/bin/python3
-"""ckpt_compare.py A B [--exact | --rtol X] [--optim]
+"""ckpt_compare.py A B [--exact | --rtol X] [--optim] [--skip SUBSTRING ...]
 
 Compares the parameters (and with --optim the optimizer state) of two lockstep
 checkpoints with h5py. Exits 0 when every tensor agrees, 1 otherwise, printing the worst
 tensor. --exact demands identical bits; --rtol X bounds max|a-b| / max|a| per tensor.
+--skip leaves out tensors whose name contains SUBSTRING (e.g. attention key biases, whose
+gradient is zero up to rounding, so that Adam turns rounding noise into full steps).
 """
 import sys
 
@@ -32,6 +34,7 @@ def main(argv):
     exact = "--exact" in argv
     rtol = float(argv[argv.index("--rtol") + 1]) if "--rtol" in argv else 1e-5
     roots = ["params"] + (["optim"] if "--optim" in argv else [])
+    skips = [argv[i + 1] for i, a in enumerate(argv) if a == "--skip" and i + 1 < len(argv)]
     worst = (0.0, None)
     with h5py.File(a_path, "r") as fa, h5py.File(b_path, "r") as fb:
         for root in roots:
@@ -43,6 +46,8 @@ def main(argv):
                 print(f"{root}: no tensors")
                 return 1
             for name in sorted(ta):
+                if any(k in name for k in skips):
+                    continue
                 x, y = ta[name], tb[name]
                 if x.shape != y.shape:
                     print(f"{root}/{name}: shapes {x.shape} vs {y.shape}")

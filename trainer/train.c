@@ -1184,7 +1184,7 @@ int trainer_train(const comm *c, int argc, char **argv) {
     }
     print_banner(&r);
 
-    const int64_t first = r.ts.step;
+    const int64_t first = r.ts.step, first_tokens = r.ts.tokens_seen;
     double t_start = trainer_now(), seen = 0;
     if (r.ops->fit_size && r.ts.step == 0) {
         /* fitted, not trained: one pass, then the usual evaluation and checkpoint */
@@ -1274,8 +1274,13 @@ int trainer_train(const comm *c, int argc, char **argv) {
     if (rc == NN_OK && r.c->rank == 0) {
         char e1[32];
         trainer_fmt_duration(e1, sizeof e1, trainer_now() - t_start);
-        printf("lockstep: done at step %lld in %s (%.0f examples/s)\n", (long long)r.ts.step, e1,
-               seen / (trainer_now() - t_start + 1e-9));
+        double wall = trainer_now() - t_start;
+        printf("lockstep: done at step %lld in %s (%.0f examples/s, %.0f tokens/s)", (long long)r.ts.step,
+               e1, seen / (wall + 1e-9), (double)(r.ts.tokens_seen - first_tokens) / (wall + 1e-9));
+        if (r.c->size > 1)
+            printf("; rank 0 waited %.1f s for gradient reduction (%.1f %% of the run)", r.comm_wait,
+                   100.0 * r.comm_wait / (wall + 1e-9));
+        printf("\n");
     }
     run_free(&r);
     if (rc == NN_OK && signalled) return TRAINER_EXIT_PREEMPTED;
