@@ -11,6 +11,18 @@
 
 #include "trainer/infer.h"
 
+io_tensor *trainer_tensor_table(const nn_params *ps) {
+    io_tensor *t = calloc((size_t)(ps->n ? ps->n : 1), sizeof *t);
+    if (!t) return NULL;
+    for (int i = 0; i < ps->n; i++) {
+        t[i].name = ps->p[i].name;
+        t[i].offset = ps->p[i].offset;
+        t[i].ndim = ps->p[i].ndim;
+        for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
+    }
+    return t;
+}
+
 void trainer_loaded_free(trainer_loaded *L) {
     nn_model_free(&L->model);
     nn_config_free(&L->cfg);
@@ -83,16 +95,10 @@ int trainer_load_checkpoint(trainer_loaded *L, const char *path, int max_batch, 
         return rc;
     }
     nn_params *ps = &L->model.params;
-    io_tensor *t = calloc((size_t)ps->n, sizeof *t);
+    io_tensor *t = trainer_tensor_table(ps);
     if (!t) {
         trainer_loaded_free(L);
         return NN_ERR_NOMEM;
-    }
-    for (int i = 0; i < ps->n; i++) {
-        t[i].name = ps->p[i].name;
-        t[i].offset = ps->p[i].offset;
-        t[i].ndim = ps->p[i].ndim;
-        for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
     }
     io_ckpt ck = {0};
     ck.model = L->ops->name;

@@ -179,16 +179,10 @@ static void release_full_slots(run *r, float **bufs, int ns) {
 static int write_ckpt(run *r, const char *path, const char *const *slot_names, float **slots,
                       int ns) {
     nn_params *ps = &r->model.params;
-    io_tensor *t = calloc((size_t)ps->n, sizeof *t);
+    io_tensor *t = trainer_tensor_table(ps);
     if (!t) {
         nn_set_error("out of memory writing a checkpoint");
         return NN_ERR_NOMEM;
-    }
-    for (int i = 0; i < ps->n; i++) {
-        t[i].name = ps->p[i].name;
-        t[i].offset = ps->p[i].offset;
-        t[i].ndim = ps->p[i].ndim;
-        for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
     }
     const char *vnames[3];
     io_vocab vocabs[3];
@@ -276,14 +270,8 @@ static int load(run *r, const char *path) {
             slots[i] = owned[i];
         }
     if (r->c->rank == 0) {
-        io_tensor *t = calloc((size_t)ps->n, sizeof *t);
+        io_tensor *t = trainer_tensor_table(ps);
         if (!t) return NN_ERR_NOMEM;
-        for (int i = 0; i < ps->n; i++) {
-            t[i].name = ps->p[i].name;
-            t[i].offset = ps->p[i].offset;
-            t[i].ndim = ps->p[i].ndim;
-            for (int k = 0; k < ps->p[i].ndim; k++) t[i].shape[k] = ps->p[i].shape[k];
-        }
         io_ckpt ck = {0};
         ck.model = r->ops->name;
         ck.n_tensors = ps->n;

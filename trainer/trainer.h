@@ -138,6 +138,10 @@ int trainer_batch_fill(trainer_batch *tb, const trainer_data *d, const trainer_s
 /* What the loss of example e is normalised by (tokens or 1). */
 double trainer_example_count(const trainer_data *d, const trainer_split *s, int64_t e);
 
+/* The registry as io's (name, offset, shape) table; names point into ps. Caller frees;
+ * NULL when out of memory. (trainer/infer.c) */
+io_tensor *trainer_tensor_table(const nn_params *ps);
+
 /* ---- the training run (trainer/train.c) --------------------------------------------- */
 /* Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint; a SLURM
  * cluster with RequeueExit=99 requeues the job, which then resumes with --resume auto. */
