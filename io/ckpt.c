@@ -414,57 +414,48 @@ done:
 
 static int io_ckpt_write_sums_(hid_t f, const char *path);
 
-/* Adds the reason to io_error() when a write failed because of the disk (HDF5's own
- * messages stay quiet): disk full, quota, I/O error, read-only file system, too large. */
-static void io_append_disk_errno_(void) {
-    int e = errno;
-    if (e != ENOSPC && e != EDQUOT && e != EIO && e != EROFS && e != EFBIG) return;
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", io_error());
-    if (!strstr(msg, strerror(e))) io_set_error("%s: %s", msg, strerror(e));
-}
 
 int io_ckpt_write(const char *path, const io_ckpt *ck) {
     io_h5_quiet_();
-    char *tmp = io_tmp_name_(path);
-    if (!tmp) { io_set_error("%s: out of memory", path); return IO_ERR_NOMEM; }
-    int rc;
+    /* The file is built in memory (core driver, no backing store) and then written with
+     * write(2), fsync, rename, fsync(dir) by io_write_file_atomic. A full disk or a lost
+     * device is then an ordinary write error in our own code: HDF5 never meets it. (When
+     * H5Fclose fails with ENOSPC, HDF5 1.10.8 keeps the file in its ID table and crashes
+     * at exit while closing it again.) The price is one in-memory copy of the file. */
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    /* STRONG: closing the file closes anything left open, so H5Fclose really ends it.
-     * 1.8 format: superblock v2 and object headers with HDF5's own metadata checksums. */
-    if (fapl >= 0) {
-        H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-        H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_V18);
+    if (fapl < 0) {
+        io_set_error("%s: cannot create HDF5 file properties", path);
+        return IO_ERR_WRITE;
     }
-    errno = 0;
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl >= 0 ? fapl : H5P_DEFAULT);
-    if (fapl >= 0) H5Pclose(fapl);
+    /* STRONG: closing the file closes anything left open, so H5Fclose really ends it.
+     * Superblock v0: HDF5 1.10.8 writes a v2 superblock's checksum into a file image
+     * before clearing its open-for-write flag, so an image with a v2 superblock does not
+     * open again. Our own checksums cover every dataset and the root. */
+    H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+    H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
+    H5Pset_fapl_core(fapl, (size_t)16 << 20, 0);
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
     if (f < 0) {
-        io_set_error("%s: cannot create checkpoint file %s: %s", path, tmp,
-                     errno ? strerror(errno) : "HDF5 error");
-        unlink(tmp);
-        free(tmp);
+        io_set_error("%s: cannot create an in-memory HDF5 file", path);
         return IO_ERR_OPEN;
     }
-    rc = io_ckpt_fill_(f, path, ck);
+    int rc = io_ckpt_fill_(f, path, ck);
     if (rc == IO_OK) rc = io_ckpt_write_sums_(f, path);
     if (rc == IO_OK && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) {
-        io_set_error("%s: H5Fflush failed", tmp);
+        io_set_error("%s: H5Fflush of the in-memory image failed", path);
         rc = IO_ERR_WRITE;
     }
-    if (H5Fclose(f) < 0 && rc == IO_OK) {
-        io_set_error("%s: H5Fclose failed", tmp);
-        rc = IO_ERR_WRITE;
+    void *image = NULL;
+    ssize_t size = rc == IO_OK ? H5Fget_file_image(f, NULL, 0) : -1;
+    if (rc == IO_OK && (size <= 0 || !(image = malloc((size_t)size)) ||
+                        H5Fget_file_image(f, image, (size_t)size) != size)) {
+        io_set_error("%s: cannot take the in-memory image (%lld bytes)", path, (long long)size);
+        rc = size > 0 && !image ? IO_ERR_NOMEM : IO_ERR_WRITE;
     }
-    if (rc == IO_ERR_WRITE) io_append_disk_errno_();
-    if (rc == IO_OK) rc = io_fsync_path_(tmp);
-    if (rc == IO_OK && rename(tmp, path) != 0) {
-        io_set_error("%s: cannot rename %s into place: %s", path, tmp, strerror(errno));
-        rc = IO_ERR_OPEN;
-    }
-    if (rc != IO_OK) unlink(tmp);
-    else rc = io_fsync_dir_(path);
-    free(tmp);
+    H5Fclose(f);
+    if (rc == IO_OK) rc = io_write_file_atomic(path, image, (size_t)size);
+    free(image);
     return rc;
 }
 

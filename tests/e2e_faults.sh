@@ -169,10 +169,10 @@ touch "$TMP/afile"
 expect_error "--out below a regular file" "afile.*Not a directory" "${SMALL[@]}" --steps 5 --out "$TMP/afile/run"
 expect_error "--out in /proc" "/proc/lockstep-run" "${SMALL[@]}" --steps 5 --out /proc/lockstep-run
 mkdir -p "$TMP/mnt"
-if mount -t tmpfs -o size=6m tmpfs "$TMP/mnt" 2> /dev/null; then
+if mount -t tmpfs -o size=8m tmpfs "$TMP/mnt" 2> /dev/null; then
     MNT=$TMP/mnt
     R=$MNT/run
-    FULL=("${BASE[@]}" --dim 64 --ckpt-every 5 --keep 5)   # about 2.9 MB per checkpoint
+    FULL=("${BASE[@]}" --dim 64 --ckpt-every 5 --keep 5)   # about 3 MB per checkpoint; 8 MB hold two plus the data
     mpirun -np 2 "$LOCKSTEP" "${FULL[@]}" --steps 5 --out "$R" > /dev/null 2>&1 || fail "run on the tmpfs"
     before=$(md5sum "$R/ckpt_00000005.h5")
     # fill the file system up to about 1 MB: the next checkpoint cannot fit
