@@ -250,7 +250,8 @@ def main():
         hyps += out
     with open(a.output, "w", encoding="utf-8") as f:
         for h in hyps:
-            f.write(" ".join(tgt_itos[t] for t in h) + "\n")
+            # as lockstep's writer: specials other than <unk> are not printed
+            f.write(" ".join(tgt_itos[t] for t in h if t >= len(SPECIALS) or t == UNK) + "\n")
     print(f"torch: train_seconds {train_s:.1f}", flush=True)
 
 
