@@ -433,7 +433,10 @@ int io_ckpt_write(const char *path, const io_ckpt *ck) {
      * open again. Our own checksums cover every dataset and the root. */
     H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
     H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
-    H5Pset_fapl_core(fapl, (size_t)16 << 20, 0);
+    /* one allocation of about the final size: growing a large image in small steps
+     * copies it over and over */
+    size_t estimate = ck->n_floats * sizeof(float) * (size_t)(1 + ck->n_slots) + ((size_t)4 << 20);
+    H5Pset_fapl_core(fapl, estimate, 0);
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (f < 0) {
