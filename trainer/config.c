@@ -34,7 +34,7 @@ const nn_key trainer_keys[] = {
     {"weight-decay", "0.01", "decoupled weight decay of adamw (matrices only)"},
     {"clip", "0", "clip the global gradient norm to this value (0: off)"},
     {"seed", "1", "seed of initialisation, shuffling, dropout and sampling"},
-    {"threads", "0", "OpenBLAS threads per rank (0: cores / ranks on this node)"},
+    {"threads", "0", "OpenBLAS threads per rank (0: OPENBLAS_NUM_THREADS, else cores / ranks on this node)"},
     {"deterministic", "0", "bit-identical results on any rank count (fixed-point reduction)"},
     {"zero", "0", "0|1: 1 shards optimizer state over ranks (ZeRO stage 1)"},
     {"bucket-mb", "4", "gradient buckets of this many MiB reduced during backward (0: one allreduce after it)"},

@@ -1029,8 +1029,15 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
     /* threads: ranks x threads <= cores on a node */
     int threads = (int)r->threads;
     if (threads == 0) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = (int)(cores / local_ranks(r->c));
+        /* auto: what the environment asks for, else the node's cores over its ranks */
+        const char *env = getenv("OPENBLAS_NUM_THREADS");
+        if (!env || atoi(env) < 1) env = getenv("OMP_NUM_THREADS");
+        if (env && atoi(env) >= 1) {
+            threads = atoi(env);
+        } else {
+            long cores = sysconf(_SC_NPROCESSORS_ONLN);
+            threads = (int)(cores / local_ranks(r->c));
+        }
         if (threads < 1) threads = 1;
     }
     nn_set_threads(threads);
