@@ -11,9 +11,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 export OPENBLAS_NUM_THREADS=1 LOCKSTEP_PROGRESS=lines
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
-cd "$HERE" || exit 1
+cd "$HERE" || exit 1    # relative data paths, as a user would give them
 # train runs under mpirun -np 1: LeakSanitizer's tracer crashes at exit in an Open MPI
-# singleton (it stops the world while the singleton's runtime threads are live)    # relative data paths, as a user would give them
+# singleton (it stops the world while the singleton's runtime threads are live)
 fails=0
 fail() { echo "FAIL $*"; fails=$((fails + 1)); }
 stamps() { (cd "$1/data" && stat -c '%n %i %y %s' ./*); }
