@@ -23,6 +23,20 @@ io_tensor *trainer_tensor_table(const nn_params *ps) {
     return t;
 }
 
+io_ckpt trainer_ckpt_of(const char *model, nn_params *ps, const io_tensor *t, int n_slots,
+                        const char *const *slot_names, float *const *slots) {
+    io_ckpt ck = {0};
+    ck.model = model;
+    ck.n_tensors = ps->n;
+    ck.tensors = t;
+    ck.n_floats = ps->total;
+    ck.params = ps->data;
+    ck.n_slots = n_slots;
+    ck.slot_names = slot_names;
+    ck.slots = slots;
+    return ck;
+}
+
 void trainer_loaded_free(trainer_loaded *L) {
     nn_model_free(&L->model);
     nn_config_free(&L->cfg);
@@ -100,12 +114,7 @@ int trainer_load_checkpoint(trainer_loaded *L, const char *path, int max_batch, 
         trainer_loaded_free(L);
         return NN_ERR_NOMEM;
     }
-    io_ckpt ck = {0};
-    ck.model = L->ops->name;
-    ck.n_tensors = ps->n;
-    ck.tensors = t;
-    ck.n_floats = ps->total;
-    ck.params = ps->data;
+    io_ckpt ck = trainer_ckpt_of(L->ops->name, ps, t, 0, NULL, NULL);
     rc = io_ckpt_read(path, &ck) < 0 ? NN_ERR_DATA : NN_OK;
     if (rc < 0) nn_set_error("%s", io_error());
     L->step = ck.train.step;

@@ -202,15 +202,7 @@ static int write_ckpt(run *r, const char *path, const char *const *slot_names, f
             vocabs[nv++] = r->data.labels;
         }
     }
-    io_ckpt ck = {0};
-    ck.model = r->ops->name;
-    ck.n_tensors = ps->n;
-    ck.tensors = t;
-    ck.n_floats = ps->total;
-    ck.params = ps->data;
-    ck.n_slots = ns;
-    ck.slot_names = slot_names;
-    ck.slots = slots;
+    io_ckpt ck = trainer_ckpt_of(r->ops->name, ps, t, ns, slot_names, slots);
     ck.n_config = r->cfg.n;
     ck.config_keys = r->cfg.key;
     ck.config_vals = r->cfg.val;
@@ -272,15 +264,7 @@ static int load(run *r, const char *path) {
     if (r->c->rank == 0) {
         io_tensor *t = trainer_tensor_table(ps);
         if (!t) return NN_ERR_NOMEM;
-        io_ckpt ck = {0};
-        ck.model = r->ops->name;
-        ck.n_tensors = ps->n;
-        ck.tensors = t;
-        ck.n_floats = ps->total;
-        ck.params = ps->data;
-        ck.n_slots = ns;
-        ck.slot_names = slot_names;
-        ck.slots = slots;
+        io_ckpt ck = trainer_ckpt_of(r->ops->name, ps, t, ns, slot_names, slots);
         if (io_ckpt_read(path, &ck) < 0) {
             nn_set_error("%s", io_error());
             rc = NN_ERR_DATA;

@@ -141,6 +141,10 @@ double trainer_example_count(const trainer_data *d, const trainer_split *s, int6
 /* The registry as io's (name, offset, shape) table; names point into ps. Caller frees;
  * NULL when out of memory. (trainer/infer.c) */
 io_tensor *trainer_tensor_table(const nn_params *ps);
+/* The io_ckpt describing the model's parameters (table t from trainer_tensor_table) and
+ * n_slots optimizer slots, for io_ckpt_write / io_ckpt_read; other fields zero. */
+io_ckpt trainer_ckpt_of(const char *model, nn_params *ps, const io_tensor *t, int n_slots,
+                        const char *const *slot_names, float *const *slots);
 
 /* ---- the training run (trainer/train.c) --------------------------------------------- */
 /* Exit status of a run stopped by SIGUSR1/SIGTERM after writing its checkpoint; a SLURM
