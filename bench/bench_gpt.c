@@ -121,12 +121,13 @@ int main(int argc, char **argv) {
         return 1;
     }
     size_t P = m.params.total;
-    adamw opt = {calloc(P, sizeof(float)), calloc(P, sizeof(float)), 3e-4f, 0.9f, 0.95f, 1e-8f,
-                 0.1f, 0};
+    adamw opt = {nn_alloc_big(P * sizeof(float)), nn_alloc_big(P * sizeof(float)), 3e-4f, 0.9f,
+                 0.95f, 1e-8f, 0.1f, 0};
     int32_t *x = malloc((size_t)B * T * sizeof *x), *y = malloc((size_t)B * T * sizeof *y);
     int64_t *index = malloc((size_t)B * sizeof *index);
     double *dt = malloc((size_t)steps * sizeof *dt), *dc = malloc((size_t)steps * sizeof *dc);
     if (!dc || !opt.m || !opt.v || !x || !y || !index || !dt) return 1;
+    memset(opt.m, 0, P * sizeof(float)), memset(opt.v, 0, P * sizeof(float));
     nn_batch b = {0};
     b.B = B, b.T = T, b.U = T, b.x = x, b.y = y, b.index = index;
     nn_params_zero_grad(&m.params); /* afterwards adamw_step leaves the gradients zero */

@@ -352,7 +352,7 @@ static int cap_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
 
     cap_arena a = {NULL, 0};
     cap_carve_train_(w, &a);
-    w->mem = aligned_alloc(64, (a.off + 63) & ~(size_t)63);
+    w->mem = nn_alloc_big(a.off);
     if (!w->mem) {
         nn_set_error("captioner: cannot allocate %zu bytes of scratch", a.off);
         return NN_ERR_NOMEM;

@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 
 /* ---- errors ------------------------------------------------------------------------ */
 
@@ -314,8 +315,8 @@ int nn_params_alloc(nn_params *ps, uint64_t seed) {
     size_t bytes = ps->total * sizeof(float);
     bytes = (bytes + 63) / 64 * 64;
     if (bytes == 0) bytes = 64;
-    ps->data = aligned_alloc(64, bytes);
-    ps->grad = aligned_alloc(64, bytes);
+    ps->data = nn_alloc_big(bytes);
+    ps->grad = nn_alloc_big(bytes);
     if (!ps->data || !ps->grad) {
         free(ps->data);
         free(ps->grad);
@@ -353,6 +354,17 @@ void nn_params_free(nn_params *ps) {
 }
 
 /* ---- kernels ------------------------------------------------------------------------ */
+
+void *nn_alloc_big(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return aligned_alloc(64, bytes ? (bytes + 63) / 64 * 64 : 64);
+    size_t n = (bytes + huge - 1) / huge * huge;
+    void *p = aligned_alloc(huge, n);
+#ifdef MADV_HUGEPAGE
+    if (p) (void)madvise(p, n, MADV_HUGEPAGE); /* advice only: failure changes nothing */
+#endif
+    return p;
+}
 
 void nn_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
              const float *Bm, int ldb, float beta, float *C, int ldc) {

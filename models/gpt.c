@@ -697,7 +697,7 @@ static int gpt_build(nn_model *m, const nn_config *cfg, const nn_dims *d) {
                                  &g->dhead)))
         goto fail;
     size_t n = gpt_carve(g, NULL);
-    g->mem = aligned_alloc(64, n * sizeof(float));
+    g->mem = nn_alloc_big(n * sizeof(float));
     g->w.row_index = malloc((size_t)g->Bmax * g->Tmax * sizeof *g->w.row_index);
     if (!g->mem || !g->w.row_index) goto nomem;
     gpt_carve(g, g->mem);
@@ -986,7 +986,7 @@ static int xfm_build(nn_model *m, const nn_config *cfg, const nn_dims *d) {
                                  &x->dhead)))
         goto fail;
     size_t n = xfm_carve(x, NULL), N = (size_t)x->Bmax * x->Tmax;
-    x->mem = aligned_alloc(64, n * sizeof(float));
+    x->mem = nn_alloc_big(n * sizeof(float));
     x->w.row_index = malloc(N * sizeof *x->w.row_index);
     x->din = malloc(N * sizeof *x->din);
     x->src_len = malloc((size_t)x->Bmax * sizeof *x->src_len);
@@ -1050,9 +1050,14 @@ static int xfm_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
     project_backward(x->w.dtmp, x->tie ? x->dec.demb : x->dhead, x->dWT, x->logits, hf, W, N, C,
                      x->Vt);
     memset(x->dmem, 0, (size_t)b->B * b->T * C * sizeof *x->dmem);
+    /* encoder then decoder are registered, and backward runs the decoder blocks from the
+     * top, then the encoder blocks from the top: each finished block and everything
+     * registered after it are final, so both stacks may announce their blocks */
+    x->dec.grad_hook = x->enc.grad_hook = m;
     stack_backward(&x->dec, &x->w, x->din, b->B, b->U, NULL, x->w.dtmp, mem, x->dmem, b->T,
                    x->src_len);
     stack_backward(&x->enc, &x->w, b->x, b->B, b->T, x->src_len, x->dmem, NULL, NULL, 0, NULL);
+    x->dec.grad_hook = x->enc.grad_hook = NULL;
     st->loss += loss;
     st->count += cnt;
     st->correct += hits;

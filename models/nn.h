@@ -127,6 +127,13 @@ void nn_params_free(nn_params *ps);                        /* zero-safe, idempot
 
 /* ---- kernels ------------------------------------------------------------------------ */
 /* C (M,N) = alpha * op(A) op(B) + beta * C, row-major; ta/tb: 1 = transpose. */
+/* A buffer of at least `bytes` for tensors that are streamed through every step
+ * (parameters, gradients, optimizer state, activation arenas): 64-byte aligned, and from
+ * 2 MiB up aligned to 2 MiB and advised as transparent huge pages, so GEMM packing and
+ * elementwise passes over tens of MB do not miss the TLB on every 4 KiB page (this
+ * machine's THP policy is "madvise": nothing gets huge pages without asking). Contents
+ * are undefined; release with free(). NULL when out of memory. */
+void *nn_alloc_big(size_t bytes);
 void nn_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
              const float *Bm, int ldb, float beta, float *C, int ldc);
 void nn_set_threads(int n); /* OpenBLAS threads for this process */

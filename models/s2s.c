@@ -169,6 +169,7 @@ typedef struct s2s {
     int cell, G, V, Vt, D, H, L, bidir, attn, Hout, A, In, Hc, GH;
     float p;
     int max_B, max_T, max_U, chunk;
+    int first_out; /* index of output/weight: the last parameters registered */
     nn_rnn enc;
     /* views into the registry */
     float *Es, *dEs;                   /* (V,D) */
@@ -379,8 +380,8 @@ static int s2s_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
                             &w->dbih)) < 0 ||
         (rc = nn_params_add(&m->params, "decoder/b_hh", 1, sg, NN_INIT_UNIFORM, kh, &w->bhh,
                             &w->dbhh)) < 0 ||
-        (rc = nn_params_add(&m->params, "output/weight", 2, so, NN_INIT_UNIFORM, ko, &w->Wo,
-                            &w->dWo)) < 0 ||
+        (w->first_out = rc = nn_params_add(&m->params, "output/weight", 2, so,
+                                           NN_INIT_UNIFORM, ko, &w->Wo, &w->dWo)) < 0 ||
         (rc = nn_params_add(&m->params, "output/bias", 1, sob, NN_INIT_UNIFORM, ko, &w->bo,
                             &w->dbo)) < 0)
         return rc;
@@ -394,7 +395,7 @@ static int s2s_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
 
     s2s_arena a = {NULL, 0};
     s2s_carve_train_(w, &a);
-    w->mem = aligned_alloc(64, (a.off + 63) & ~(size_t)63);
+    w->mem = nn_alloc_big(a.off);
     if (!w->mem) {
         nn_set_error("seq2seq: cannot allocate %zu bytes of scratch", a.off);
         return NN_ERR_NOMEM;
@@ -675,6 +676,8 @@ static void s2s_forward_loss_(nn_model *m, const nn_batch *b, int train, float g
         s2s_mm_dw_(w->dWo, w->logits, O + r0 * Hc, n, w->Vt, Hc);
         s2s_colsum_(w->dbo, w->logits, n, w->Vt);
     }
+    /* the output layer is final: the trainer may reduce it during the recurrent backward */
+    if (train) nn_grad_ready(m, w->first_out);
 }
 
 static void s2s_backward_(nn_model *m, const nn_batch *b) {

@@ -263,8 +263,9 @@ int nn_rnn_init(nn_rnn *r, nn_params *ps, const char *prefix, int cell, int C, i
     }
     r->len = malloc((size_t)max_B * sizeof *r->len);
     size_t n = rnn_layout(r);
-    void *mem = NULL;
-    if (!r->len || posix_memalign(&mem, 64, n * sizeof(float)) != 0) {
+    void *mem = nn_alloc_big(n * sizeof(float));
+    if (!r->len || !mem) {
+        free(mem);
         nn_set_error("rnn: cannot allocate %zu floats of caches", n);
         nn_rnn_free(r);
         return NN_ERR_NOMEM;

@@ -610,6 +610,7 @@ static void lm_xent_run(lm_xent_job *J, float *dbias, nn_stats *st) {
 
 typedef struct rnnlm {
     int V, E, H, max_B, max_T, tie;
+    int first_out;         /* index of the first output-layer parameter (nn_grad_ready) */
     float p;
     float *emb, *demb;     /* (V,E) */
     float *W, *dW;         /* (V,H): the output projection, == emb when tied */
@@ -732,6 +733,7 @@ static int rnnlm_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
     if ((rc = nn_rnn_init(&l->rnn, &m->params, "encoder", nn_cell_parse(cell), E, H, layers, 0,
                           NN_MERGE_CONCAT, bptt, lanes, l->max_B, l->max_T)) < 0)
         return rc;
+    l->first_out = m->params.n;
     if (!tie && (rc = nn_params_add(&m->params, "output/weight", 2, sw, NN_INIT_UNIFORM,
                                     1.0f / sqrtf((float)H), &l->W, &l->dW)) < 0)
         return rc;
@@ -739,7 +741,7 @@ static int rnnlm_build_(nn_model *m, const nn_config *cfg, const nn_dims *d) {
                             &l->dbias)) < 0)
         return rc;
     size_t n = rnnlm_layout(l, NULL);
-    l->mem = malloc(n * sizeof(float));
+    l->mem = nn_alloc_big(n * sizeof(float));
     l->len = malloc((size_t)l->max_B * sizeof *l->len);
     if (!l->mem || !l->len) {
         nn_set_error("rnn-lm: cannot allocate %zu floats of scratch", n);
@@ -808,6 +810,9 @@ static int rnnlm_run_(nn_model *m, const nn_batch *b, int train, float grad_scal
     nn_gemm(1, 0, H, V, N, 1.0f, hin, H, l->logits, V, 0.0f, l->tdW, V);
     for (int v = 0; v < V; v++)
         for (int j = 0; j < H; j++) l->dW[(size_t)v * H + j] += l->tdW[(size_t)j * V + v];
+    /* the output layer (registered last) is final: it can be reduced during the recurrent
+     * backward; a tied weight is also the embedding and only finishes at the very end */
+    nn_grad_ready(m, l->first_out);
     if (drop) {
         memset(l->dh, 0, (size_t)N * H * sizeof(float));
         nn_dropout_backward(l->dh, l->dhd, l->hmask, (size_t)N * H);

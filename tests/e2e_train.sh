@@ -52,6 +52,28 @@ mpirun -np 2 "$LOCKSTEP" train "${GPT[@]}" --steps 20 --bucket-mb 0 --out "$TMP/
 # (attention key biases have a zero gradient up to rounding: Adam makes that noise a step)
 check "gpt, 2 ranks with overlapped buckets = 1 rank" "${CMP[@]}" "$TMP/g1/ckpt_00000020.h5" "$TMP/g2/ckpt_00000020.h5" --rtol 1e-5 --skip attn/b_k
 check "gpt, overlapped buckets = one allreduce after backward, bit for bit" "${CMP[@]}" "$TMP/g2plain/ckpt_00000020.h5" "$TMP/g2/ckpt_00000020.h5" --exact --optim
+# the other models that announce finished gradients (transformer: encoder and decoder
+# blocks; rnn-lm and seq2seq: the output layer before the recurrent backward) reduce them
+# early as well, to the same bits
+E=$HERE/data/ende_small
+overlap() { # name, model args...
+    local name=$1; shift
+    for mb in 0 0.002; do
+        mpirun -np 2 "$LOCKSTEP" train "$@" --steps 8 --seed 3 --threads 1 --log-every 1000 \
+            --bucket-mb $mb --out "$TMP/$name$mb" > "$TMP/$name$mb.log" 2>&1 ||
+            { echo "$name training failed"; tail -3 "$TMP/$name$mb.log"; exit 1; }
+    done
+    check "$name, overlapped buckets = one allreduce after backward, bit for bit" "${CMP[@]}" \
+        "$TMP/${name}0/ckpt_00000008.h5" "$TMP/${name}0.002/ckpt_00000008.h5" --exact --optim
+    early=$(grep -o "[0-9]* of [0-9]* gradient buckets reduced during backward" "$TMP/${name}0.002.log" || true)
+    check "$name: buckets start during backward ($early)" test "${early%% *}" -gt 0
+}
+overlap transformer --model transformer --data "$E/train.tsv" --batch-size 16 --layers 2 \
+    --dim 32 --heads 4 --ff 64 --min-count 1 --optimizer adamw --lr 0.003
+overlap rnn-lm --model rnn-lm --cell lstm --data "$P/train.txt" --batch-size 8 --seq-len 16 \
+    --hidden 24 --dim 24 --lr 0.005
+overlap seq2seq --model seq2seq --data "$E/train.tsv" --batch-size 16 --hidden 24 --dim 24 \
+    --min-count 1 --attention bahdanau
 
 # 2. exact resume on the same rank count
 train 2 "$TMP/full" --steps 40

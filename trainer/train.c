@@ -1259,6 +1259,10 @@ int trainer_train(const comm *c, int argc, char **argv) {
         if (r.c->size > 1)
             printf("; rank 0 waited %.1f s for gradient reduction (%.1f %% of the run)", r.comm_wait,
                    100.0 * r.comm_wait / (wall + 1e-9));
+        if (r.c->size > 1 && r.use_buckets && r.buckets.steps > 0)
+            printf("; %llu of %llu gradient buckets reduced during backward",
+                   (unsigned long long)r.buckets.started_early,
+                   (unsigned long long)(r.buckets.steps * r.buckets.count));
         printf("\n");
     }
     run_free(&r);
