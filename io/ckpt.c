@@ -9,7 +9,9 @@
  *   /metrics          1-D variable-length string dataset, one JSON object per element
  * Strings are variable-length UTF-8 so that h5py returns str, not bytes.
  *
- * Checksums (FNV-1a 64, io_fnv64_), uint64 attributes:
+ * Checksums, uint64 attributes, each the hash named by the root attribute
+ * checksum_algorithm (hash.c: "mulrot4x64" is written; "fnv1a64", FNV-1a 64, the
+ * algorithm of earlier files, is still verified) of a byte string:
  *   /<dataset> "checksum"   its elements in row-major order, each as its little-endian
  *                           bytes in the stored type (float32, int64); a variable-length
  *                           string as its bytes and one NUL
@@ -18,17 +20,18 @@
  *   / "train_checksum"      the nine /train attributes, 8 bytes each, io_train_state order
  *   / "checksum"            for every dataset in H5Ovisit name order its path, a NUL and
  *                           its checksum (8 bytes), then config_checksum and train_checksum
- *   / "checksum_algorithm"  "fnv1a64"
+ *   / "checksum_algorithm"  IO_CKPT_CHECKSUM
  * Reading verifies them all before any buffer is written (names and shapes are checked
- * first, so that a checkpoint of another shape is named as such). Files without a root
- * checksum (written before checksums existed) are read as before, verifying only the
- * datasets that carry one.
- * Files are written with HDF5's 1.8 format (superblock v2, object headers with their own
- * checksums), so HDF5 itself refuses damaged metadata; readers need HDF5 >= 1.8.
+ * first, so that a checkpoint of another shape is named as such), with the algorithm the
+ * file names. Files without a root checksum (written before checksums existed) are read
+ * as before, verifying only the datasets that carry one (fnv1a64).
+ * Files are written with library version bounds EARLIEST..V18: superblock v0, the 1.8
+ * formats only where needed (/config tracks creation order); readers need HDF5 >= 1.8.
  *
- * Writes are atomic: <path>.tmp.<pid>, H5Fflush, H5Fclose, fsync, rename, fsync(dir); any
- * failure removes the temporary file. HDF5's own error stack printing is switched off;
- * every failure becomes one line in io_error().
+ * Writes are atomic: <path>.tmp.<pid> written by HDF5 through ckpt_vfd.c (raw data
+ * straight from the caller's buffers; a disk error is kept from HDF5 and reported after
+ * H5Fclose), fsync, rename, fsync(dir); any failure removes the temporary file. HDF5's
+ * own error stack printing is switched off; every failure becomes one line in io_error().
  *
  * File locking: HDF5 1.10.7+ reads the environment variable HDF5_USE_FILE_LOCKING itself
  * (FALSE disables the flock() it takes on open). On NFS/Lustre where flock fails, users
@@ -36,7 +39,8 @@
  *
  * Does not: write from more than one process (rank 0 writes; serial HDF5), compress,
  * or interpret the configuration (strings as given). */
-#define _GNU_SOURCE /* fallocate, memfd_create */
+#include <hdf5.h>
+
 #include "io/io.h"
 #include "io/io_internal.h"
 
@@ -49,13 +53,10 @@
 #include <string.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <hdf5.h>
 
 /* ---- small HDF5 helpers ----------------------------------------------------------- */
 
@@ -418,96 +419,45 @@ done:
 
 static int io_ckpt_write_sums_(hid_t f, const char *path);
 
-
-/* Bytes the file can take at most: raw data exactly, generous bounds for HDF5's own
- * structures (object headers, B-trees, heaps, each string's heap entry). Reserved before
- * anything is written; the unused rest is given back at the end. */
-static size_t io_ckpt_bound_(const io_ckpt *ck) {
-    size_t b = (size_t)1 << 20, objs = 16;
-    for (int i = 0; i < ck->n_tensors; i++) b += io_tensor_count_(&ck->tensors[i]) * 4;
-    b *= (size_t)(1 + (ck->n_slots > 0 ? ck->n_slots : 0));
-    objs += (size_t)ck->n_tensors * (size_t)(1 + ck->n_slots) * 2; /* datasets and groups */
-    for (int i = 0; i < ck->n_config; i++)
-        b += strlen(ck->config_keys[i]) + strlen(ck->config_vals[i]) + 256;
-    for (int i = 0; i < ck->n_vocabs; i++) {
-        const io_vocab *v = &ck->vocabs[i];
-        for (int k = 0; k < v->n; k++) b += strlen(v->word[k]) + 64 + 8;
-        objs += 4;
-    }
-    if (ck->metrics) b += 2 * strlen(ck->metrics) + 64 * 1024;
-    return b + objs * 8192;
-}
-
-/* Closes f whose file has failed or must be dropped, without HDF5 meeting a disk error:
- * the descriptor of the sec2 driver is first pointed at an anonymous memory file, so what
- * HDF5 still flushes goes there. (When H5Fclose fails with ENOSPC or EIO, HDF5 1.10.8
- * keeps the file in its ID table and crashes at exit while closing it again.) */
-static void io_h5_close_discarding_(hid_t f) {
-    void *h = NULL;
-    if (H5Fget_vfd_handle(f, H5P_DEFAULT, &h) >= 0 && h) {
-        int m = memfd_create("lockstep-discard", MFD_CLOEXEC);
-        if (m >= 0) {
-            dup2(m, *(int *)h);
-            close(m);
-        }
-    }
-    H5Fclose(f);
-}
-
 int io_ckpt_write(const char *path, const io_ckpt *ck) {
     io_h5_quiet_();
-    /* HDF5 writes the file with its default (sec2) driver straight from the callers'
-     * buffers into <path>.tmp.<pid>, whose space was reserved first (fallocate), so a full
-     * disk is refused before HDF5 writes anything; any failure closes the file through
-     * io_h5_close_discarding_ and removes it. Then fsync, rename, fsync(dir). */
+    /* HDF5 writes the file straight from the callers' buffers into <path>.tmp.<pid> through
+     * ckpt_vfd.c, which keeps a failed write (full disk, I/O error) to itself: HDF5 never
+     * meets it (HDF5 1.10.8 cannot close a file whose flush failed, and crashes at exit),
+     * and it is reported here after H5Fclose. Then fsync, rename, fsync(dir); any failure
+     * removes the temporary file. */
     char *tmp = io_tmp_name_(path);
     if (!tmp) {
         io_set_error("%s: out of memory", path);
         return IO_ERR_NOMEM;
     }
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         io_set_error("%s: cannot create: %s", tmp, strerror(errno));
         free(tmp);
         return IO_ERR_OPEN;
     }
-    int rc = IO_OK;
+    int rc = IO_OK, werr = 0;
     hid_t f = -1, fapl = H5Pcreate(H5P_FILE_ACCESS);
     /* STRONG: closing the file closes anything left open, so H5Fclose really ends it.
      * Superblock v0 (lowest bound EARLIEST), as the files written before; our own checksums
      * cover every dataset and the root. */
     if (fapl < 0 || H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0 ||
         H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18) < 0 ||
+        io_ckpt_vfd_set_(fapl, fd, &werr) != 0 ||
         (f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0) {
         io_set_error("%s: HDF5 cannot create the file", tmp);
         rc = IO_ERR_OPEN;
     }
     if (fapl >= 0) H5Pclose(fapl);
-    /* The same inode as HDF5's descriptor: blocks beyond the end, not the size. */
-    if (rc == IO_OK && fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, (off_t)io_ckpt_bound_(ck)) != 0 &&
-        errno != EOPNOTSUPP && errno != ENOSYS) {
-        io_set_error("%s: cannot reserve %zu bytes: %s", tmp, io_ckpt_bound_(ck),
-                     strerror(errno));
-        rc = IO_ERR_WRITE;
-    }
     if (rc == IO_OK) rc = io_ckpt_fill_(f, path, ck);
     if (rc == IO_OK) rc = io_ckpt_write_sums_(f, path);
-    if (rc == IO_OK && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) {
-        io_set_error("%s: HDF5 cannot write the file (%s)", tmp,
-                     errno ? strerror(errno) : "disk error");
+    if (f >= 0 && H5Fclose(f) < 0 && rc == IO_OK) {
+        io_set_error("%s: HDF5 cannot close the file", tmp);
         rc = IO_ERR_WRITE;
     }
-    if (f >= 0 && rc != IO_OK) {
-        io_h5_close_discarding_(f);
-    } else if (f >= 0 && H5Fclose(f) < 0) {
-        io_set_error("%s: HDF5 cannot close the file (%s)", tmp,
-                     errno ? strerror(errno) : "disk error");
-        rc = IO_ERR_WRITE;
-        if (H5Iis_valid(f) > 0) io_h5_close_discarding_(f);
-    }
-    struct stat st;
-    if (rc == IO_OK && (fstat(fd, &st) != 0 || ftruncate(fd, st.st_size) != 0)) {
-        io_set_error("%s: cannot give back the reserved space: %s", tmp, strerror(errno));
+    if (werr) { /* the disk's reason comes first: HDF5 may have failed for it */
+        io_set_error("%s: cannot write: %s", tmp, strerror(werr));
         rc = IO_ERR_WRITE;
     }
     if (rc == IO_OK && fsync(fd) != 0) {

@@ -36,6 +36,12 @@ uint64_t io_hash_buf_(int alg, const void *data, size_t n);
 /* IO_HASH_* of a checksum_algorithm name (IO_CKPT_CHECKSUM, IO_CKPT_CHECKSUM_FNV1A64); -1
  * when unknown. */
 int io_hash_alg_(const char *name);
+#ifdef H5public_H /* files that include <hdf5.h> first */
+/* Makes fapl write through ckpt_vfd.c on fd (open read-write, owned by the caller): the
+ * first errno of a failed write lands in *err (which starts at 0), and HDF5 never sees it.
+ * 0, or -1 when HDF5 refuses the driver. */
+int io_ckpt_vfd_set_(hid_t fapl, int fd, int *err);
+#endif
 /* Validates UTF-8; returns 1 if s[0..n) is well-formed. */
 int io_utf8_valid_(const char *s, size_t n);
 
