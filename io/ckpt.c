@@ -228,19 +228,47 @@ static size_t io_tensor_count_(const io_tensor *t) {
 
 /* ---- writing ------------------------------------------------------------------------ */
 
-/* Creates dataset `name` (absolute, parents created) of float32 with t's shape from x. */
+#define IO_WRITE_SLAB ((size_t)1 << 20) /* bytes hashed, then written while in cache */
+
+/* Creates dataset `name` (absolute, parents created) of float32 with t's shape from x, and
+ * its checksum. Large tensors go in slabs of whole rows of about IO_WRITE_SLAB bytes, each
+ * hashed just before it is written, so that the write copies it from the cache. */
 static int io_h5_write_f32_(hid_t f, hid_t lcpl, const char *name, const io_tensor *t,
                             const float *x) {
     hsize_t dims[IO_MAX_DIMS];
     io_tensor_dims_(t, dims);
+    const size_t cnt = io_tensor_count_(t);
     int ok = 0;
     hid_t s = t->ndim > 0 ? H5Screate_simple(t->ndim, dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t d = -1;
     if (s >= 0) d = H5Dcreate2(f, name, H5T_IEEE_F32LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    if (d >= 0) ok = io_tensor_count_(t) == 0 ||
-                     H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
-    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_hash_buf_(IO_HASH_MULROT4X64, x,
-                                                         io_tensor_count_(t) * sizeof *x)) == IO_OK;
+    io_hasher_ h;
+    io_hash_init_(&h, IO_HASH_MULROT4X64);
+    hsize_t rows = t->ndim > 0 && cnt > 0 ? dims[0] : 1, row = cnt / rows;
+    hsize_t per = row > 0 ? IO_WRITE_SLAB / (row * sizeof *x) : 1;
+    if (per < 1) per = 1;
+    if (d < 0 || cnt == 0) {
+        ok = d >= 0;
+    } else if (per >= rows) { /* one write */
+        io_hash_update_(&h, x, cnt * sizeof *x);
+        ok = H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
+    } else {
+        ok = 1;
+        for (hsize_t r = 0; ok && r < rows; r += per) {
+            hsize_t start[IO_MAX_DIMS] = {0}, count[IO_MAX_DIMS];
+            for (int i = 0; i < t->ndim; i++) count[i] = dims[i];
+            start[0] = r;
+            count[0] = rows - r < per ? rows - r : per;
+            hsize_t m = count[0] * row;
+            const float *p = x + r * row;
+            io_hash_update_(&h, p, (size_t)m * sizeof *x);
+            hid_t ms = H5Screate_simple(1, &m, NULL);
+            ok = ms >= 0 && H5Sselect_hyperslab(s, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
+                 H5Dwrite(d, H5T_NATIVE_FLOAT, ms, s, H5P_DEFAULT, p) >= 0;
+            if (ms >= 0) H5Sclose(ms);
+        }
+    }
+    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_hash_final_(&h)) == IO_OK;
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
     return ok ? IO_OK : IO_ERR_WRITE;

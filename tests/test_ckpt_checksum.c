@@ -622,6 +622,63 @@ START_TEST(test_fnv1a64_checkpoints_still_verify_and_read) {
 }
 END_TEST
 
+/* Tensors above 1 MB are hashed and written in slabs of rows: the file holds the same
+ * bytes, each checksum is that of the whole tensor, and it reads back exactly. */
+START_TEST(test_large_tensors_written_in_slabs) {
+    static const io_tensor big[] = {
+        {"a/w", 0, 2, {600, 1000}},           /* 2.4 MB: slabs of 262 rows, a short last one */
+        {"b/v", 600000, 1, {700001}},         /* 1-D, 2.8 MB */
+        {"c/t", 1300001, 4, {3, 5, 7, 11}},   /* small, one write */
+        {"d/r", 1301156, 2, {1, 300000}},     /* one row above the slab size */
+    };
+    const size_t nf = 1601156;
+    float *p = malloc(nf * sizeof *p), *m = malloc(nf * sizeof *m), *q = calloc(nf, sizeof *q),
+          *qm = calloc(nf, sizeof *qm);
+    for (size_t i = 0; i < nf; i++) {
+        p[i] = (float)(i % 9973) * 0.001f - 3.0f;
+        m[i] = (float)i;
+    }
+    float *slots[1] = {m}, *rslots[1] = {qm};
+    const char *const one[] = {"m"};
+    io_ckpt ck = {.model = "big", .n_tensors = 4, .tensors = big, .n_floats = nf, .params = p,
+                  .n_slots = 1, .slot_names = one, .slots = slots};
+    char *path = tpath("big.h5");
+    ck_assert_msg(io_ckpt_write(path, &ck) == IO_OK, "%s", io_error());
+    ck_assert_msg(io_ckpt_verify(path) == IO_OK, "%s", io_error());
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    for (int i = 0; i < 4; i++) {
+        size_t cnt = 1;
+        for (int k = 0; k < big[i].ndim; k++) cnt *= (size_t)big[i].shape[k];
+        char name[64];
+        snprintf(name, sizeof name, "/params/%s", big[i].name);
+        hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+        ck_assert_uint_eq(read_u64_attr(d, "checksum"),
+                          ref_mulrot4x64(p + big[i].offset, cnt * sizeof(float)));
+        H5Dclose(d);
+        snprintf(name, sizeof name, "/optim/m/%s", big[i].name);
+        d = H5Dopen2(f, name, H5P_DEFAULT);
+        ck_assert_uint_eq(read_u64_attr(d, "checksum"),
+                          ref_mulrot4x64(m + big[i].offset, cnt * sizeof(float)));
+        H5Dclose(d);
+    }
+    H5Fclose(f);
+    io_ckpt rd = {.model = "big", .n_tensors = 4, .tensors = big, .n_floats = nf, .params = q,
+                  .n_slots = 1, .slot_names = one, .slots = rslots};
+    ck_assert_msg(io_ckpt_read(path, &rd) == IO_OK, "%s", io_error());
+    ck_assert_mem_eq(q, p, nf * sizeof *p);
+    ck_assert_mem_eq(qm, m, nf * sizeof *m);
+    io_ckpt_release(&rd);
+    /* a flipped byte in the last slab of a slab-written tensor is found */
+    flip_byte(path, (size_t)dataset_offset(path, "/params/a/w") + 4 * 599999, 0x40);
+    ck_assert_int_eq(io_ckpt_verify(path), IO_ERR_FORMAT);
+    ck_assert_msg(strstr(io_error(), "/params/a/w has checksum"), "%s", io_error());
+    free(p);
+    free(m);
+    free(q);
+    free(qm);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("ckpt_checksum");
     TCase *t = tcase_create("checksum");
@@ -630,6 +687,7 @@ static Suite *suite(void) {
     tcase_add_test(t, test_mulrot4x64_known_values);
     tcase_add_test(t, test_mulrot4x64_split_alignment_and_bit_flips);
     tcase_add_test(t, test_fnv1a64_checkpoints_still_verify_and_read);
+    tcase_add_test(t, test_large_tensors_written_in_slabs);
     tcase_add_test(t, test_every_dataset_and_the_root_carry_a_checksum);
     tcase_add_test(t, test_flipped_byte_in_dataset_data_is_detected);
     tcase_add_test(t, test_altered_attributes_fail_the_root_checksum);
