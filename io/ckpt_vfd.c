@@ -156,6 +156,10 @@ static herr_t io_vfd_truncate_(H5FD_t *f, hid_t dxpl, hbool_t closing) {
 }
 
 static const H5FD_class_t io_vfd_class_ = {
+#ifdef H5FD_CLASS_VERSION /* HDF5 >= 1.13 numbers its driver classes (untested here) */
+    .version = H5FD_CLASS_VERSION,
+    .value = (H5FD_class_value_t)600, /* in the range for drivers outside HDF5 */
+#endif
     .name = "lockstep-ckpt",
     .maxaddr = IO_VFD_MAXADDR,
     .fc_degree = H5F_CLOSE_WEAK,
