@@ -9,7 +9,9 @@
  *   /metrics          1-D variable-length string dataset, one JSON object per element
  * Strings are variable-length UTF-8 so that h5py returns str, not bytes.
  *
- * Checksums (FNV-1a 64, io_fnv64_), uint64 attributes:
+ * Checksums, uint64 attributes, each the hash named by the root attribute
+ * checksum_algorithm (hash.c: "mulrot4x64" is written; "fnv1a64", FNV-1a 64, the
+ * algorithm of earlier files, is still verified) of a byte string:
  *   /<dataset> "checksum"   its elements in row-major order, each as its little-endian
  *                           bytes in the stored type (float32, int64); a variable-length
  *                           string as its bytes and one NUL
@@ -18,17 +20,18 @@
  *   / "train_checksum"      the nine /train attributes, 8 bytes each, io_train_state order
  *   / "checksum"            for every dataset in H5Ovisit name order its path, a NUL and
  *                           its checksum (8 bytes), then config_checksum and train_checksum
- *   / "checksum_algorithm"  "fnv1a64"
+ *   / "checksum_algorithm"  IO_CKPT_CHECKSUM
  * Reading verifies them all before any buffer is written (names and shapes are checked
- * first, so that a checkpoint of another shape is named as such). Files without a root
- * checksum (written before checksums existed) are read as before, verifying only the
- * datasets that carry one.
- * Files are written with HDF5's 1.8 format (superblock v2, object headers with their own
- * checksums), so HDF5 itself refuses damaged metadata; readers need HDF5 >= 1.8.
+ * first, so that a checkpoint of another shape is named as such), with the algorithm the
+ * file names. Files without a root checksum (written before checksums existed) are read
+ * as before, verifying only the datasets that carry one (fnv1a64).
+ * Files are written with library version bounds EARLIEST..V18: superblock v0, the 1.8
+ * formats only where needed (/config tracks creation order); readers need HDF5 >= 1.8.
  *
- * Writes are atomic: <path>.tmp.<pid>, H5Fflush, H5Fclose, fsync, rename, fsync(dir); any
- * failure removes the temporary file. HDF5's own error stack printing is switched off;
- * every failure becomes one line in io_error().
+ * Writes are atomic: <path>.tmp.<pid> written by HDF5 through ckpt_vfd.c (raw data
+ * straight from the caller's buffers; a disk error is kept from HDF5 and reported after
+ * H5Fclose), fsync, rename, fsync(dir); any failure removes the temporary file. HDF5's
+ * own error stack printing is switched off; every failure becomes one line in io_error().
  *
  * File locking: HDF5 1.10.7+ reads the environment variable HDF5_USE_FILE_LOCKING itself
  * (FALSE disables the flock() it takes on open). On NFS/Lustre where flock fails, users
@@ -36,11 +39,14 @@
  *
  * Does not: write from more than one process (rank 0 writes; serial HDF5), compress,
  * or interpret the configuration (strings as given). */
+#include <hdf5.h>
+
 #include "io/io.h"
 #include "io/io_internal.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,8 +57,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <hdf5.h>
 
 /* ---- small HDF5 helpers ----------------------------------------------------------- */
 
@@ -224,19 +228,47 @@ static size_t io_tensor_count_(const io_tensor *t) {
 
 /* ---- writing ------------------------------------------------------------------------ */
 
-/* Creates dataset `name` (absolute, parents created) of float32 with t's shape from x. */
+#define IO_WRITE_SLAB ((size_t)1 << 20) /* bytes hashed, then written while in cache */
+
+/* Creates dataset `name` (absolute, parents created) of float32 with t's shape from x, and
+ * its checksum. Large tensors go in slabs of whole rows of about IO_WRITE_SLAB bytes, each
+ * hashed just before it is written, so that the write copies it from the cache. */
 static int io_h5_write_f32_(hid_t f, hid_t lcpl, const char *name, const io_tensor *t,
                             const float *x) {
     hsize_t dims[IO_MAX_DIMS];
     io_tensor_dims_(t, dims);
+    const size_t cnt = io_tensor_count_(t);
     int ok = 0;
     hid_t s = t->ndim > 0 ? H5Screate_simple(t->ndim, dims, NULL) : H5Screate(H5S_SCALAR);
     hid_t d = -1;
     if (s >= 0) d = H5Dcreate2(f, name, H5T_IEEE_F32LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
-    if (d >= 0) ok = io_tensor_count_(t) == 0 ||
-                     H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
-    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_fnv64_(IO_FNV64_INIT, x,
-                                                          io_tensor_count_(t) * sizeof *x)) == IO_OK;
+    io_hasher_ h;
+    io_hash_init_(&h, IO_HASH_MULROT4X64);
+    hsize_t rows = t->ndim > 0 && cnt > 0 ? dims[0] : 1, row = cnt / rows;
+    hsize_t per = row > 0 ? IO_WRITE_SLAB / (row * sizeof *x) : 1;
+    if (per < 1) per = 1;
+    if (d < 0 || cnt == 0) {
+        ok = d >= 0;
+    } else if (per >= rows) { /* one write */
+        io_hash_update_(&h, x, cnt * sizeof *x);
+        ok = H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
+    } else {
+        ok = 1;
+        for (hsize_t r = 0; ok && r < rows; r += per) {
+            hsize_t start[IO_MAX_DIMS] = {0}, count[IO_MAX_DIMS];
+            for (int i = 0; i < t->ndim; i++) count[i] = dims[i];
+            start[0] = r;
+            count[0] = rows - r < per ? rows - r : per;
+            hsize_t m = count[0] * row;
+            const float *p = x + r * row;
+            io_hash_update_(&h, p, (size_t)m * sizeof *x);
+            hid_t ms = H5Screate_simple(1, &m, NULL);
+            ok = ms >= 0 && H5Sselect_hyperslab(s, H5S_SELECT_SET, start, NULL, count, NULL) >= 0 &&
+                 H5Dwrite(d, H5T_NATIVE_FLOAT, ms, s, H5P_DEFAULT, p) >= 0;
+            if (ms >= 0) H5Sclose(ms);
+        }
+    }
+    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_hash_final_(&h)) == IO_OK;
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
     return ok ? IO_OK : IO_ERR_WRITE;
@@ -250,9 +282,10 @@ static int io_h5_write_strs_(hid_t f, hid_t lcpl, const char *name, const char *
     if (t >= 0 && s >= 0) d = H5Dcreate2(f, name, t, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (d >= 0) ok = n == 0 || H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, strs) >= 0;
     if (ok) {
-        uint64_t h = IO_FNV64_INIT;
-        for (hsize_t i = 0; i < n; i++) h = io_fnv64_(h, strs[i], strlen(strs[i]) + 1);
-        ok = io_h5_attr_u64_(d, "checksum", h) == IO_OK;
+        io_hasher_ h;
+        io_hash_init_(&h, IO_HASH_MULROT4X64);
+        for (hsize_t i = 0; i < n; i++) io_hash_update_(&h, strs[i], strlen(strs[i]) + 1);
+        ok = io_h5_attr_u64_(d, "checksum", io_hash_final_(&h)) == IO_OK;
     }
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
@@ -266,7 +299,7 @@ static int io_h5_write_i64s_(hid_t f, hid_t lcpl, const char *name, const int64_
     hid_t s = H5Screate_simple(1, &n, NULL), d = -1;
     if (s >= 0) d = H5Dcreate2(f, name, H5T_STD_I64LE, s, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (d >= 0) ok = n == 0 || H5Dwrite(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, x) >= 0;
-    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_fnv64_(IO_FNV64_INIT, x, n * sizeof *x)) == IO_OK;
+    if (ok) ok = io_h5_attr_u64_(d, "checksum", io_hash_buf_(IO_HASH_MULROT4X64, x, n * sizeof *x)) == IO_OK;
     if (d >= 0) H5Dclose(d);
     if (s >= 0) H5Sclose(s);
     return ok ? IO_OK : IO_ERR_WRITE;
@@ -414,51 +447,62 @@ done:
 
 static int io_ckpt_write_sums_(hid_t f, const char *path);
 
-
 int io_ckpt_write(const char *path, const io_ckpt *ck) {
     io_h5_quiet_();
-    /* The file is built in memory (core driver, no backing store) and then written with
-     * write(2), fsync, rename, fsync(dir) by io_write_file_atomic. A full disk or a lost
-     * device is then an ordinary write error in our own code: HDF5 never meets it. (When
-     * H5Fclose fails with ENOSPC, HDF5 1.10.8 keeps the file in its ID table and crashes
-     * at exit while closing it again.) The price is one in-memory copy of the file. */
-    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-    if (fapl < 0) {
-        io_set_error("%s: cannot create HDF5 file properties", path);
-        return IO_ERR_WRITE;
+    /* HDF5 writes the file straight from the callers' buffers into <path>.tmp.<pid> through
+     * ckpt_vfd.c, which keeps a failed write (full disk, I/O error) to itself: HDF5 never
+     * meets it (HDF5 1.10.8 cannot close a file whose flush failed, and crashes at exit),
+     * and it is reported here after H5Fclose. Then fsync, rename, fsync(dir); any failure
+     * removes the temporary file. */
+    char *tmp = io_tmp_name_(path);
+    if (!tmp) {
+        io_set_error("%s: out of memory", path);
+        return IO_ERR_NOMEM;
     }
-    /* STRONG: closing the file closes anything left open, so H5Fclose really ends it.
-     * Superblock v0: HDF5 1.10.8 writes a v2 superblock's checksum into a file image
-     * before clearing its open-for-write flag, so an image with a v2 superblock does not
-     * open again. Our own checksums cover every dataset and the root. */
-    H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-    H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
-    /* one allocation of about the final size: growing a large image in small steps
-     * copies it over and over */
-    size_t estimate = ck->n_floats * sizeof(float) * (size_t)(1 + ck->n_slots) + ((size_t)4 << 20);
-    H5Pset_fapl_core(fapl, estimate, 0);
-    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    H5Pclose(fapl);
-    if (f < 0) {
-        io_set_error("%s: cannot create an in-memory HDF5 file", path);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        io_set_error("%s: cannot create: %s", tmp, strerror(errno));
+        free(tmp);
         return IO_ERR_OPEN;
     }
-    int rc = io_ckpt_fill_(f, path, ck);
+    int rc = IO_OK, werr = 0;
+    hid_t f = -1, fapl = H5Pcreate(H5P_FILE_ACCESS);
+    /* STRONG: closing the file closes anything left open, so H5Fclose really ends it.
+     * Superblock v0 (lowest bound EARLIEST), as the files written before; our own checksums
+     * cover every dataset and the root. */
+    if (fapl < 0 || H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0 ||
+        H5Pset_libver_bounds(fapl, H5F_LIBVER_EARLIEST, H5F_LIBVER_V18) < 0 ||
+        io_ckpt_vfd_set_(fapl, fd, &werr) != 0 ||
+        (f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl)) < 0) {
+        io_set_error("%s: HDF5 cannot create the file", tmp);
+        rc = IO_ERR_OPEN;
+    }
+    if (fapl >= 0) H5Pclose(fapl);
+    if (rc == IO_OK) rc = io_ckpt_fill_(f, path, ck);
     if (rc == IO_OK) rc = io_ckpt_write_sums_(f, path);
-    if (rc == IO_OK && H5Fflush(f, H5F_SCOPE_GLOBAL) < 0) {
-        io_set_error("%s: H5Fflush of the in-memory image failed", path);
+    if (f >= 0 && H5Fclose(f) < 0 && rc == IO_OK) {
+        io_set_error("%s: HDF5 cannot close the file", tmp);
         rc = IO_ERR_WRITE;
     }
-    void *image = NULL;
-    ssize_t size = rc == IO_OK ? H5Fget_file_image(f, NULL, 0) : -1;
-    if (rc == IO_OK && (size <= 0 || !(image = malloc((size_t)size)) ||
-                        H5Fget_file_image(f, image, (size_t)size) != size)) {
-        io_set_error("%s: cannot take the in-memory image (%lld bytes)", path, (long long)size);
-        rc = size > 0 && !image ? IO_ERR_NOMEM : IO_ERR_WRITE;
+    if (werr) { /* the disk's reason comes first: HDF5 may have failed for it */
+        io_set_error("%s: cannot write: %s", tmp, strerror(werr));
+        rc = IO_ERR_WRITE;
     }
-    H5Fclose(f);
-    if (rc == IO_OK) rc = io_write_file_atomic(path, image, (size_t)size);
-    free(image);
+    if (rc == IO_OK && fsync(fd) != 0) {
+        io_set_error("%s: fsync failed: %s", tmp, strerror(errno));
+        rc = IO_ERR_WRITE;
+    }
+    if (close(fd) != 0 && rc == IO_OK) {
+        io_set_error("%s: close failed: %s", tmp, strerror(errno));
+        rc = IO_ERR_WRITE;
+    }
+    if (rc == IO_OK && rename(tmp, path) != 0) {
+        io_set_error("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+        rc = IO_ERR_OPEN;
+    }
+    if (rc != IO_OK) unlink(tmp);
+    else rc = io_fsync_dir_(path);
+    free(tmp);
     return rc;
 }
 
@@ -747,21 +791,17 @@ enum {
     IO_SUM_STRINGS = 2  /* read only string datasets (a probe for peek, info, vocabs) */
 };
 
-static uint64_t io_fnv_u64le_(uint64_t h, uint64_t x) {
-    unsigned char b[8];
-    for (int i = 0; i < 8; i++) b[i] = (unsigned char)(x >> (8 * i));
-    return io_fnv64_(h, b, 8);
-}
-
 /* Checksum of dataset d (`name`, for messages) into *sum: elements in row-major order,
  * read in blocks of rows along the first dimension so memory stays bounded. Numbers are
  * read in the native type matching the stored one (the same bytes on this little-endian
  * host); variable-length strings as their bytes and a NUL. */
-static int io_h5_dataset_sum_(hid_t d, const char *path, const char *name, uint64_t *sum) {
+static int io_h5_dataset_sum_(hid_t d, const char *path, const char *name, int alg,
+                              uint64_t *sum) {
     hid_t s = H5Dget_space(d), ft = H5Dget_type(d), mt = -1, ms = -1;
     char *buf = NULL;
     int rc = IO_ERR_FORMAT;
-    uint64_t h = IO_FNV64_INIT;
+    io_hasher_ h;
+    io_hash_init_(&h, alg);
     hsize_t dims[H5S_MAX_RANK];
     int nd = s >= 0 ? H5Sget_simple_extent_ndims(s) : -1;
     hssize_t np = s >= 0 ? H5Sget_simple_extent_npoints(s) : -1;
@@ -814,17 +854,17 @@ static int io_h5_dataset_sum_(hid_t d, const char *path, const char *name, uint6
             goto done;
         }
         if (num) {
-            h = io_fnv64_(h, buf, (size_t)cnt * esize);
+            io_hash_update_(&h, buf, (size_t)cnt * esize);
         } else {
             char **str = (char **)(void *)buf;
             for (hsize_t i = 0; i < cnt; i++)
-                h = io_fnv64_(h, str[i] ? str[i] : "", (str[i] ? strlen(str[i]) : 0) + 1);
+                io_hash_update_(&h, str[i] ? str[i] : "", (str[i] ? strlen(str[i]) : 0) + 1);
             H5Dvlen_reclaim(mt, ms, H5P_DEFAULT, buf);
         }
     }
     rc = IO_OK;
 done:
-    if (rc == IO_OK) *sum = h;
+    if (rc == IO_OK) *sum = io_hash_final_(&h);
     free(buf);
     if (ms >= 0) H5Sclose(ms);
     if (mt >= 0) H5Tclose(mt);
@@ -838,7 +878,8 @@ typedef struct io_verify_ {
     uint64_t fsize;   /* bytes in the file: no dataset can hold more */
     int mode;         /* IO_SUM_* */
     int need;         /* every dataset must carry a checksum (root checksum present) */
-    uint64_t root;    /* running root checksum */
+    int alg;          /* IO_HASH_* of the file */
+    io_hasher_ root;    /* running root checksum */
     int64_t n_checked;
     int rc;           /* first failure; the walk goes on (a probe reads everything) */
     char msg[1024];
@@ -880,7 +921,7 @@ static herr_t io_verify_visit_(hid_t obj, const char *name, const H5O_info_t *in
         io_verify_fail_(v, IO_ERR_FORMAT);
     }
     if (v->mode == IO_SUM_FULL || (v->mode == IO_SUM_STRINGS && vstr)) {
-        int rc = io_h5_dataset_sum_(d, v->path, name, &have);
+        int rc = io_h5_dataset_sum_(d, v->path, name, v->alg, &have);
         if (rc != IO_OK) {
             io_verify_fail_(v, rc);
         } else if (has && have != want) {
@@ -891,18 +932,19 @@ static herr_t io_verify_visit_(hid_t obj, const char *name, const H5O_info_t *in
         v->n_checked += has;
     }
     H5Dclose(d);
-    v->root = io_fnv64_(v->root, name, strlen(name) + 1);
-    v->root = io_fnv_u64le_(v->root, want);
+    io_hash_update_(&v->root, name, strlen(name) + 1);
+    io_hash_u64le_(&v->root, want);
     return 0;
 }
 
 /* Checksum of the nine /train attributes (8 bytes each, io_train_state order). */
-static int io_ckpt_train_sum_(hid_t f, const char *path, uint64_t *out) {
+static int io_ckpt_train_sum_(hid_t f, const char *path, int alg, uint64_t *out) {
     static const char *const ints[] = {"step", "epoch", "tokens_seen", "examples_seen",
                                        "world_size", "data_pos", NULL, "best_step", "bad_evals"};
     hid_t g = io_h5_exists_(f, "/train") ? H5Gopen2(f, "/train", H5P_DEFAULT) : -1;
     int ok = g >= 0;
-    uint64_t h = IO_FNV64_INIT;
+    io_hasher_ h;
+    io_hash_init_(&h, alg);
     for (int i = 0; ok && i < 9; i++) {
         uint64_t x = 0;
         if (ints[i]) {
@@ -914,28 +956,29 @@ static int io_ckpt_train_sum_(hid_t f, const char *path, uint64_t *out) {
             ok = io_h5_attr_read_f64_(g, "best_metric", &v);
             memcpy(&x, &v, sizeof x);
         }
-        h = io_fnv_u64le_(h, x);
+        io_hash_u64le_(&h, x);
     }
     if (g >= 0) H5Gclose(g);
     if (!ok) {
         io_set_error("%s: /train is missing or lacks one of its attributes", path);
         return IO_ERR_FORMAT;
     }
-    *out = h;
+    *out = io_hash_final_(&h);
     return IO_OK;
 }
 
 /* Checksum of the strings read before parameters: /config (key NUL value NUL, creation
  * order), then the root attributes model and created (each with a NUL). */
-static int io_ckpt_config_sum_(hid_t f, const char *path, uint64_t *out) {
+static int io_ckpt_config_sum_(hid_t f, const char *path, int alg, uint64_t *out) {
     int n = 0;
     char **keys = NULL, **vals = NULL;
     int rc = io_ckpt_read_config_(f, path, &n, &keys, &vals);
     if (rc != IO_OK) return rc;
-    uint64_t h = IO_FNV64_INIT;
+    io_hasher_ h;
+    io_hash_init_(&h, alg);
     for (int i = 0; i < n; i++) {
-        h = io_fnv64_(h, keys[i], strlen(keys[i]) + 1);
-        h = io_fnv64_(h, vals[i], strlen(vals[i]) + 1);
+        io_hash_update_(&h, keys[i], strlen(keys[i]) + 1);
+        io_hash_update_(&h, vals[i], strlen(vals[i]) + 1);
     }
     io_free_strs_(keys, (size_t)n);
     io_free_strs_(vals, (size_t)n);
@@ -946,24 +989,25 @@ static int io_ckpt_config_sum_(hid_t f, const char *path, uint64_t *out) {
             io_set_error("%s: root attribute %s is missing", path, names[i]);
             return IO_ERR_FORMAT;
         }
-        h = io_fnv64_(h, v, strlen(v) + 1);
+        io_hash_update_(&h, v, strlen(v) + 1);
         free(v);
     }
-    *out = h;
+    *out = io_hash_final_(&h);
     return IO_OK;
 }
 
-/* Walks every dataset of the open file f in mode (IO_SUM_*): *root is the fold of the
- * datasets' (path, checksum) pairs. First failure in io_error(). */
-static int io_ckpt_sum_(hid_t f, const char *path, int mode, int need, uint64_t *root,
+/* Walks every dataset of the open file f in mode (IO_SUM_*) with checksum algorithm alg
+ * (IO_HASH_*): *root is the running hash of the datasets' (path, checksum) pairs, to be
+ * continued by the caller. First failure in io_error(). */
+static int io_ckpt_sum_(hid_t f, const char *path, int mode, int need, int alg, io_hasher_ *root,
                         int64_t *n_checked) {
     hsize_t fsize = 0;
     if (H5Fget_filesize(f, &fsize) < 0) {
         io_set_error("%s: cannot get the file size", path);
         return IO_ERR_READ;
     }
-    io_verify_ v = {.path = path, .fsize = fsize, .mode = mode, .need = need,
-                    .root = IO_FNV64_INIT};
+    io_verify_ v = {.path = path, .fsize = fsize, .mode = mode, .need = need, .alg = alg};
+    io_hash_init_(&v.root, alg);
     if (H5Ovisit(f, H5_INDEX_NAME, H5_ITER_INC, io_verify_visit_, &v) < 0) {
         io_set_error("%s: cannot walk the file's objects (corrupted)", path);
         io_verify_fail_(&v, IO_ERR_FORMAT);
@@ -980,15 +1024,17 @@ static int io_ckpt_sum_(hid_t f, const char *path, int mode, int need, uint64_t 
 /* Computes and writes the root attributes checksum, config_checksum, train_checksum and
  * checksum_algorithm of the open file f (the writer, after everything else). */
 static int io_ckpt_write_sums_(hid_t f, const char *path) {
-    uint64_t root = 0, cs = 0, ts = 0;
-    int rc = io_ckpt_sum_(f, path, IO_SUM_FOLD, 1, &root, NULL);
-    if (rc == IO_OK) rc = io_ckpt_config_sum_(f, path, &cs);
-    if (rc == IO_OK) rc = io_ckpt_train_sum_(f, path, &ts);
+    uint64_t cs = 0, ts = 0;
+    io_hasher_ root;
+    int rc = io_ckpt_sum_(f, path, IO_SUM_FOLD, 1, IO_HASH_MULROT4X64, &root, NULL);
+    if (rc == IO_OK) rc = io_ckpt_config_sum_(f, path, IO_HASH_MULROT4X64, &cs);
+    if (rc == IO_OK) rc = io_ckpt_train_sum_(f, path, IO_HASH_MULROT4X64, &ts);
     if (rc != IO_OK) return rc;
-    root = io_fnv_u64le_(io_fnv_u64le_(root, cs), ts);
+    io_hash_u64le_(&root, cs);
+    io_hash_u64le_(&root, ts);
     if (io_h5_attr_u64_(f, "config_checksum", cs) != IO_OK ||
         io_h5_attr_u64_(f, "train_checksum", ts) != IO_OK ||
-        io_h5_attr_u64_(f, "checksum", root) != IO_OK ||
+        io_h5_attr_u64_(f, "checksum", io_hash_final_(&root)) != IO_OK ||
         io_h5_attr_str_(f, "checksum_algorithm", IO_CKPT_CHECKSUM) != IO_OK) {
         io_set_error("%s: cannot write the root checksums", path);
         return IO_ERR_WRITE;
@@ -1006,8 +1052,10 @@ static int io_sum_mismatch_(const char *path, const char *what, uint64_t have, u
  * IO_SUM_FULL: everything. IO_SUM_STRINGS: what io_ckpt_peek and io_ckpt_read_vocabs
  * read: the string datasets and the configuration (not the root's fold). */
 static int io_ckpt_verify_(hid_t f, const char *path, int mode, int64_t *n_checked,
-                           int *has_root) {
-    uint64_t want = 0, want_c = 0, want_t = 0, have = 0, have_c = 0, have_t = 0;
+                           int *has_root, char *alg_name, size_t alg_len) {
+    uint64_t want = 0, want_c = 0, want_t = 0, have_c = 0, have_t = 0;
+    io_hasher_ have;
+    int alg = IO_HASH_FNV1A64; /* files without a root checksum predate the algorithm name */
     int need = io_h5_attr_read_u64_(f, "checksum", &want);
     if (has_root) *has_root = need;
     if (!need && H5Aexists(f, "checksum") > 0) {
@@ -1020,27 +1068,33 @@ static int io_ckpt_verify_(hid_t f, const char *path, int mode, int64_t *n_check
                      "(corrupted)", path);
         return IO_ERR_FORMAT;
     }
-    if (need) {
-        char *alg = io_h5_attr_read_str_(f, "checksum_algorithm");
-        int known = alg && strcmp(alg, IO_CKPT_CHECKSUM) == 0;
-        if (!known)
-            io_set_error("%s: checksum algorithm \"%s\", this build knows \"%s\"", path,
-                         alg ? alg : "(missing)", IO_CKPT_CHECKSUM);
-        free(alg);
-        if (!known) return IO_ERR_VERSION;
+    if (need) { /* verified with the algorithm the file names */
+        char *name = io_h5_attr_read_str_(f, "checksum_algorithm");
+        alg = io_hash_alg_(name);
+        if (alg < 0)
+            io_set_error("%s: checksum algorithm \"%s\", this build knows \"%s\" and \"%s\"",
+                         path, name ? name : "(missing)", IO_CKPT_CHECKSUM,
+                         IO_CKPT_CHECKSUM_FNV1A64);
+        free(name);
+        if (alg < 0) return IO_ERR_VERSION;
     }
+    if (alg_name)
+        snprintf(alg_name, alg_len, "%s",
+                 alg == IO_HASH_FNV1A64 ? IO_CKPT_CHECKSUM_FNV1A64 : IO_CKPT_CHECKSUM);
     /* strings first: the configuration and root strings are read by everyone */
-    int rc = io_ckpt_config_sum_(f, path, &have_c);
+    int rc = io_ckpt_config_sum_(f, path, alg, &have_c);
     if (rc == IO_OK && need && have_c != want_c)
         rc = io_sum_mismatch_(path, "/config (with the root attributes model, created)", have_c,
                               want_c);
-    if (rc == IO_OK) rc = io_ckpt_sum_(f, path, mode, need, &have, n_checked);
+    if (rc == IO_OK) rc = io_ckpt_sum_(f, path, mode, need, alg, &have, n_checked);
     if (rc != IO_OK || mode == IO_SUM_STRINGS || !need) return rc;
-    if ((rc = io_ckpt_train_sum_(f, path, &have_t)) != IO_OK) return rc;
+    if ((rc = io_ckpt_train_sum_(f, path, alg, &have_t)) != IO_OK) return rc;
     if (have_t != want_t) return io_sum_mismatch_(path, "/train", have_t, want_t);
-    have = io_fnv_u64le_(io_fnv_u64le_(have, have_c), have_t);
-    if (have != want)
-        return io_sum_mismatch_(path, "the root (over every dataset's checksum)", have, want);
+    io_hash_u64le_(&have, have_c);
+    io_hash_u64le_(&have, have_t);
+    uint64_t root = io_hash_final_(&have);
+    if (root != want)
+        return io_sum_mismatch_(path, "the root (over every dataset's checksum)", root, want);
     return IO_OK;
 }
 
@@ -1060,6 +1114,7 @@ typedef struct io_probe_ {
     int verify_rc;    /* checksums (IO_SUM_FULL) */
     int has_root;
     int64_t n_checked;
+    char alg[16];     /* checksum algorithm the file was verified with */
     char open_msg[1024], verify_msg[1024];
 } io_probe_;
 
@@ -1070,7 +1125,8 @@ static void io_probe_run_(const char *path, int mode, io_probe_ *pr) {
         snprintf(pr->open_msg, sizeof pr->open_msg, "%s", io_error());
         return;
     }
-    pr->verify_rc = io_ckpt_verify_(f, path, mode, &pr->n_checked, &pr->has_root);
+    pr->verify_rc = io_ckpt_verify_(f, path, mode, &pr->n_checked, &pr->has_root, pr->alg,
+                                    sizeof pr->alg);
     if (pr->verify_rc != IO_OK) snprintf(pr->verify_msg, sizeof pr->verify_msg, "%s", io_error());
     H5Fclose(f);
 }
@@ -1517,8 +1573,7 @@ int io_ckpt_info(const char *path, void *file) {
     }
 
     if (pr.has_root)
-        fprintf(out, "checksums: verified (%" PRId64 " datasets, %s)\n", pr.n_checked,
-                IO_CKPT_CHECKSUM);
+        fprintf(out, "checksums: verified (%" PRId64 " datasets, %s)\n", pr.n_checked, pr.alg);
     else
         fprintf(out, "checksums: none (written before checksums existed)\n");
 

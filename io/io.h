@@ -109,7 +109,8 @@ void io_shard_close(io_shard *s); /* zero-safe, idempotent */
 /* ---- checkpoints (HDF5) ------------------------------------------------------------- */
 #define IO_CKPT_FORMAT "lockstep-checkpoint"
 #define IO_CKPT_VERSION 1
-#define IO_CKPT_CHECKSUM "fnv1a64"  /* root attribute checksum_algorithm */
+#define IO_CKPT_CHECKSUM "mulrot4x64"     /* root attribute checksum_algorithm (hash.c) */
+#define IO_CKPT_CHECKSUM_FNV1A64 "fnv1a64" /* the earlier algorithm: still read, not written */
 #define IO_MAX_DIMS 4
 
 /* Every function below that opens an existing checkpoint (read, peek, read_vocabs, info,
@@ -158,7 +159,7 @@ typedef struct io_ckpt {
 /* Writes ck to path atomically (path.tmp.<pid>, flush, fsync, rename, fsync dir). On any
  * failure the temporary file is removed and nothing under path changes; a full disk or
  * another disk error is named in io_error(). Every dataset gets a uint64 attribute
- * "checksum" (FNV-1a 64 of its elements) and the root a "checksum" over all of them,
+ * "checksum" (IO_CKPT_CHECKSUM of its elements) and the root a "checksum" over all of them,
  * /train and /config (layout in ckpt.c). */
 int io_ckpt_write(const char *path, const io_ckpt *ck);
 /* Reads path into ck, whose tensors/params/slots describe what the model expects.

@@ -17,6 +17,31 @@ int io_write_all_(int fd, const void *data, size_t n, const char *path);
 /* FNV-1a 64-bit, continued from h (start with IO_FNV64_INIT). */
 #define IO_FNV64_INIT 0xcbf29ce484222325ULL
 uint64_t io_fnv64_(uint64_t h, const void *data, size_t n);
+
+/* ---- checkpoint checksums (hash.c): streaming hashes of a byte string ---- */
+enum { IO_HASH_FNV1A64 = 0, IO_HASH_MULROT4X64 = 1 };
+typedef struct io_hasher_ {
+    int alg;                 /* IO_HASH_* */
+    uint64_t fnv;            /* fnv1a64 state */
+    uint64_t v[4];           /* mulrot4x64 lanes */
+    unsigned char tail[32];  /* bytes after the last whole 32-byte block */
+    size_t ntail;
+    uint64_t n;              /* bytes so far */
+} io_hasher_;
+void io_hash_init_(io_hasher_ *s, int alg);
+void io_hash_update_(io_hasher_ *s, const void *data, size_t n);
+void io_hash_u64le_(io_hasher_ *s, uint64_t x);  /* the 8 little-endian bytes of x */
+uint64_t io_hash_final_(const io_hasher_ *s);     /* s unchanged: may go on after */
+uint64_t io_hash_buf_(int alg, const void *data, size_t n);
+/* IO_HASH_* of a checksum_algorithm name (IO_CKPT_CHECKSUM, IO_CKPT_CHECKSUM_FNV1A64); -1
+ * when unknown. */
+int io_hash_alg_(const char *name);
+#ifdef H5public_H /* files that include <hdf5.h> first */
+/* Makes fapl write through ckpt_vfd.c on fd (open read-write, owned by the caller): the
+ * first errno of a failed write lands in *err (which starts at 0), and HDF5 never sees it.
+ * 0, or -1 when HDF5 refuses the driver. */
+int io_ckpt_vfd_set_(hid_t fapl, int fd, int *err);
+#endif
 /* Validates UTF-8; returns 1 if s[0..n) is well-formed. */
 int io_utf8_valid_(const char *s, size_t n);
 

@@ -5,11 +5,17 @@
  * checkpoints for older ones with a warning on stderr; checkpoints without checksums
  * (written before they existed) still read; and a sweep of single-byte flips over a whole
  * file never yields a successful read of different contents.
+ * The checksum algorithm (io/hash.c, "mulrot4x64") against values from an independent
+ * Python implementation and a plain byte-wise C one here; its result does not depend on
+ * how a buffer is split or aligned. Checkpoints written with the earlier "fnv1a64" (the
+ * fixture tests/data/ckpt_fnv1a64.h5, written by the code before the change, see
+ * tests/data/ckpt_fnv1a64.gen.c) still verify and read, and damage in them is still found.
  *
  * Scratch files go to a fresh mkdtemp directory per test. Uses the HDF5 C API directly to
  * locate and alter datasets. */
 #define _GNU_SOURCE /* memmem */
 #include "io/io.h"
+#include "io/io_internal.h"
 
 #include <check.h>
 #include <stdio.h>
@@ -64,6 +70,28 @@ static void spit(const char *path, const char *b, size_t n) {
 /* No HDF5 object may stay open after an io call (else HDF5 keeps the file cached). */
 static void assert_no_open_hdf5(void) {
     ck_assert_int_eq(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
+}
+
+/* mulrot4x64 as specified at the top of io/hash.c, byte by byte, written again here. */
+static uint64_t ref_mulrot4x64(const void *data, size_t n) {
+    const unsigned char *b = data;
+    const uint64_t K = 0x9e3779b97f4a7c15ULL, F = 0xcbf29ce484222325ULL, P = 0x100000001b3ULL;
+    uint64_t lane[4];
+    for (int j = 0; j < 4; j++) lane[j] = F + (uint64_t)j * K;
+    size_t whole = n / 32 * 32;
+    for (size_t k = 0; k < whole; k += 32)
+        for (int j = 0; j < 4; j++) {
+            uint64_t w = 0;
+            for (int i = 7; i >= 0; i--) w = (w << 8) | b[k + 8 * (size_t)j + (size_t)i];
+            uint64_t x = (lane[j] ^ w) * K;
+            lane[j] = (x << 29) | (x >> 35);
+        }
+    uint64_t h = F;
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 8; i++) h = (h ^ ((lane[j] >> (8 * i)) & 0xff)) * P;
+    for (size_t i = whole; i < n; i++) h = (h ^ b[i]) * P;
+    for (int i = 0; i < 8; i++) h = (h ^ (((uint64_t)n >> (8 * i)) & 0xff)) * P;
+    return h;
 }
 
 /* ---- a small checkpoint ---------------------------------------------------------------- */
@@ -228,12 +256,10 @@ START_TEST(test_every_dataset_and_the_root_carry_a_checksum) {
         ck_assert_msg(d >= 0 && H5Aexists(d, "checksum") > 0, "%s has no checksum", names[i]);
         H5Dclose(d);
     }
-    /* the parameter checksum is FNV-1a 64 of the float bytes, computed here independently */
+    /* the parameter checksum is mulrot4x64 of the float bytes, computed here independently */
     ckbuf w;
     ckbuf_init(&w, 1, 10);
-    uint64_t h = 0xcbf29ce484222325ULL;
-    const unsigned char *b = (const unsigned char *)(w.params + 24);
-    for (size_t i = 0; i < 20 * sizeof(float); i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+    uint64_t h = ref_mulrot4x64(w.params + 24, 20 * sizeof(float));
     hid_t d = H5Dopen2(f, "/params/out/weight", H5P_DEFAULT);
     ck_assert_uint_eq(read_u64_attr(d, "checksum"), h);
     H5Dclose(d);
@@ -327,9 +353,7 @@ START_TEST(test_altered_attributes_fail_the_root_checksum) {
             hid_t d = H5Dopen2(f, "/params/out/bias", H5P_DEFAULT);
             float bias[2] = {1.0f, 2.0f};
             ck_assert_int_ge(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, bias), 0);
-            uint64_t h = 0xcbf29ce484222325ULL;
-            const unsigned char *b = (const unsigned char *)bias;
-            for (size_t i = 0; i < sizeof bias; i++) h = (h ^ b[i]) * 0x100000001b3ULL;
+            uint64_t h = ref_mulrot4x64(bias, sizeof bias);
             hid_t a = H5Aopen(d, "checksum", H5P_DEFAULT);
             ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_UINT64, &h), 0);
             H5Aclose(a);
@@ -472,11 +496,198 @@ START_TEST(test_single_byte_flips_never_read_as_different_contents) {
 }
 END_TEST
 
+/* Values from the Python implementation in tests/check_ckpt_h5py.py (not lockstep code):
+ *   cd tests && /usr/bin/python3 -c "from check_ckpt_h5py import mulrot4x64 as h; \
+ *     [print(len(d), '0x%016x' % h(d)) for d in [b'', b'a', b'lockstep', bytes(range(100)), \
+ *     bytes(i * 7 % 256 for i in range(1000))]]" */
+START_TEST(test_mulrot4x64_known_values) {
+    unsigned char r100[100], r1000[1000];
+    for (int i = 0; i < 100; i++) r100[i] = (unsigned char)i;
+    for (int i = 0; i < 1000; i++) r1000[i] = (unsigned char)(i * 7 % 256);
+    struct { const void *p; size_t n; uint64_t want; } c[] = {
+        {"", 0, 0xc75f23223bcc828dULL},
+        {"a", 1, 0xd6dbaebf58b9e285ULL},
+        {"lockstep", 8, 0xe9bd61cf46e5be50ULL},
+        {r100, 100, 0xc8ef68abfb6fef8bULL},
+        {r1000, 1000, 0x35ea4818085c53cfULL},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof *c; i++) {
+        ck_assert_uint_eq(io_hash_buf_(IO_HASH_MULROT4X64, c[i].p, c[i].n), c[i].want);
+        ck_assert_uint_eq(ref_mulrot4x64(c[i].p, c[i].n), c[i].want);
+    }
+    /* fnv1a64 is still the byte-wise FNV-1a 64 ("a": the published test vector) */
+    ck_assert_uint_eq(io_hash_buf_(IO_HASH_FNV1A64, "a", 1), 0xaf63dc4c8601ec8cULL);
+}
+END_TEST
+
+/* Any split into update calls and any alignment of the buffer give the same value, equal
+ * to the byte-wise reference; every single-bit flip changes it. */
+START_TEST(test_mulrot4x64_split_alignment_and_bit_flips) {
+    enum { N = 777 };
+    unsigned char *raw = malloc(N + 8);
+    unsigned seed = 12345;
+    for (int i = 0; i < N + 8; i++) raw[i] = (unsigned char)((seed = seed * 1103515245u + 12345u) >> 16);
+    const uint64_t want = ref_mulrot4x64(raw, N);
+    unsigned char *moved = malloc(N + 8);
+    for (int off = 0; off < 8; off++) { /* the same bytes at every alignment */
+        memcpy(moved + off, raw, N);
+        ck_assert_uint_eq(io_hash_buf_(IO_HASH_MULROT4X64, moved + off, N), want);
+    }
+    for (int trial = 0; trial < 200; trial++) { /* random splits, pieces of 0..70 bytes */
+        io_hasher_ s;
+        io_hash_init_(&s, IO_HASH_MULROT4X64);
+        size_t at = 0;
+        while (at < N) {
+            size_t k = (seed = seed * 1103515245u + 12345u) >> 16 & 63;
+            if (trial % 2) k += 7;
+            if (k > N - at) k = N - at;
+            io_hash_update_(&s, raw + at, k);
+            at += k;
+        }
+        ck_assert_uint_eq(io_hash_final_(&s), want);
+    }
+    for (size_t bit = 0; bit < 8 * (size_t)N; bit++) {
+        raw[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+        ck_assert_msg(io_hash_buf_(IO_HASH_MULROT4X64, raw, N) != want, "bit %zu", bit);
+        raw[bit / 8] ^= (unsigned char)(1u << (bit % 8));
+    }
+    /* a longer or shorter buffer differs, zero bytes included */
+    unsigned char z[64] = {0};
+    ck_assert_uint_ne(io_hash_buf_(IO_HASH_MULROT4X64, z, 32), io_hash_buf_(IO_HASH_MULROT4X64, z, 33));
+    ck_assert_uint_ne(io_hash_buf_(IO_HASH_MULROT4X64, z, 0), io_hash_buf_(IO_HASH_MULROT4X64, z, 64));
+    free(moved);
+    free(raw);
+}
+END_TEST
+
+/* tests/data/ckpt_fnv1a64.h5 was written by the code before mulrot4x64 (checksum_algorithm
+ * "fnv1a64"), with the contents of write_ckpt(step 70). */
+START_TEST(test_fnv1a64_checkpoints_still_verify_and_read) {
+    const char *fixture = "data/ckpt_fnv1a64.h5";
+    char *p = tpath("ckpt_00000070.h5");
+    size_t n;
+    char *orig = slurp(fixture, &n);
+    spit(p, orig, n);
+    ck_assert_msg(io_ckpt_verify(p) == IO_OK, "%s", io_error());
+    ck_assert_msg(reads_back_equal(p, 70, NULL), "%s", io_error());
+    /* info names the algorithm the file was verified with */
+    char *info = tpath("info.txt");
+    FILE *out = fopen(info, "w");
+    ck_assert_int_eq(io_ckpt_info(p, out), IO_OK);
+    fclose(out);
+    size_t len;
+    char *txt = slurp(info, &len);
+    txt[len] = '\0';
+    ck_assert_msg(strstr(txt, "checksums: verified (14 datasets, fnv1a64)"), "%s", txt);
+    free(txt);
+    /* damage is found with the old algorithm too: a parameter byte, then /train */
+    flip_byte(p, (size_t)dataset_offset(p, "/params/embed/weight") + 9, 0x02);
+    int rc;
+    ck_assert(!reads_back_equal(p, 70, &rc));
+    ck_assert_int_eq(rc, IO_ERR_FORMAT);
+    ck_assert_msg(strstr(io_error(), "/params/embed/weight has checksum"), "%s", io_error());
+    spit(p, orig, n);
+    hid_t f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t g = H5Gopen2(f, "/train", H5P_DEFAULT);
+    hid_t a = H5Aopen(g, "epoch", H5P_DEFAULT);
+    int64_t epoch = 2;
+    ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_INT64, &epoch), 0);
+    H5Aclose(a);
+    H5Gclose(g);
+    H5Fclose(f);
+    ck_assert_int_eq(io_ckpt_verify(p), IO_ERR_FORMAT);
+    ck_assert_msg(strstr(io_error(), "/train has checksum"), "%s", io_error());
+    /* an fnv1a64 file relabelled as the new algorithm no longer verifies, and an unknown
+     * algorithm is a version error */
+    const char *labels[] = {IO_CKPT_CHECKSUM, "crc99"};
+    for (int i = 0; i < 2; i++) {
+        spit(p, orig, n);
+        f = H5Fopen(p, H5F_ACC_RDWR, H5P_DEFAULT);
+        a = H5Aopen(f, "checksum_algorithm", H5P_DEFAULT);
+        hid_t t = H5Aget_type(a);
+        ck_assert_int_ge(H5Awrite(a, t, &labels[i]), 0);
+        H5Tclose(t);
+        H5Aclose(a);
+        H5Fclose(f);
+        rc = io_ckpt_verify(p);
+        ck_assert_int_eq(rc, i == 0 ? IO_ERR_FORMAT : IO_ERR_VERSION);
+        ck_assert_msg(i == 0 ? strstr(io_error(), "has checksum") != NULL
+                             : strstr(io_error(), "checksum algorithm \"crc99\"") != NULL,
+                      "%s", io_error());
+    }
+    /* a checkpoint written now carries the new algorithm and reads the same */
+    write_ckpt(p, 70);
+    ck_assert(reads_back_equal(p, 70, NULL));
+    free(orig);
+}
+END_TEST
+
+/* Tensors above 1 MB are hashed and written in slabs of rows: the file holds the same
+ * bytes, each checksum is that of the whole tensor, and it reads back exactly. */
+START_TEST(test_large_tensors_written_in_slabs) {
+    static const io_tensor big[] = {
+        {"a/w", 0, 2, {300, 1000}},           /* 1.2 MB: slabs of 262 rows, a short last one */
+        {"b/v", 300000, 1, {300001}},         /* 1-D, 1.2 MB */
+        {"c/t", 600001, 4, {3, 5, 7, 11}},    /* small, one write */
+        {"d/r", 601156, 2, {1, 300000}},      /* one row above the slab size */
+    };
+    const size_t nf = 901156;
+    float *p = malloc(nf * sizeof *p), *m = malloc(nf * sizeof *m), *q = calloc(nf, sizeof *q),
+          *qm = calloc(nf, sizeof *qm);
+    for (size_t i = 0; i < nf; i++) {
+        p[i] = (float)(i % 9973) * 0.001f - 3.0f;
+        m[i] = (float)i;
+    }
+    float *slots[1] = {m}, *rslots[1] = {qm};
+    const char *const one[] = {"m"};
+    io_ckpt ck = {.model = "big", .n_tensors = 4, .tensors = big, .n_floats = nf, .params = p,
+                  .n_slots = 1, .slot_names = one, .slots = slots};
+    char *path = tpath("big.h5");
+    ck_assert_msg(io_ckpt_write(path, &ck) == IO_OK, "%s", io_error());
+    ck_assert_msg(io_ckpt_verify(path) == IO_OK, "%s", io_error());
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    for (int i = 0; i < 4; i++) {
+        size_t cnt = 1;
+        for (int k = 0; k < big[i].ndim; k++) cnt *= (size_t)big[i].shape[k];
+        char name[64];
+        snprintf(name, sizeof name, "/params/%s", big[i].name);
+        hid_t d = H5Dopen2(f, name, H5P_DEFAULT);
+        ck_assert_uint_eq(read_u64_attr(d, "checksum"),
+                          ref_mulrot4x64(p + big[i].offset, cnt * sizeof(float)));
+        H5Dclose(d);
+        snprintf(name, sizeof name, "/optim/m/%s", big[i].name);
+        d = H5Dopen2(f, name, H5P_DEFAULT);
+        ck_assert_uint_eq(read_u64_attr(d, "checksum"),
+                          ref_mulrot4x64(m + big[i].offset, cnt * sizeof(float)));
+        H5Dclose(d);
+    }
+    H5Fclose(f);
+    io_ckpt rd = {.model = "big", .n_tensors = 4, .tensors = big, .n_floats = nf, .params = q,
+                  .n_slots = 1, .slot_names = one, .slots = rslots};
+    ck_assert_msg(io_ckpt_read(path, &rd) == IO_OK, "%s", io_error());
+    ck_assert_mem_eq(q, p, nf * sizeof *p);
+    ck_assert_mem_eq(qm, m, nf * sizeof *m);
+    io_ckpt_release(&rd);
+    /* a flipped byte in the last slab of a slab-written tensor is found */
+    flip_byte(path, (size_t)dataset_offset(path, "/params/a/w") + 4 * 299999, 0x40);
+    ck_assert_int_eq(io_ckpt_verify(path), IO_ERR_FORMAT);
+    ck_assert_msg(strstr(io_error(), "/params/a/w has checksum"), "%s", io_error());
+    free(p);
+    free(m);
+    free(q);
+    free(qm);
+}
+END_TEST
+
 static Suite *suite(void) {
     Suite *s = suite_create("ckpt_checksum");
     TCase *t = tcase_create("checksum");
     tcase_add_checked_fixture(t, setup_tmp, teardown_tmp);
     tcase_set_timeout(t, 60);
+    tcase_add_test(t, test_mulrot4x64_known_values);
+    tcase_add_test(t, test_mulrot4x64_split_alignment_and_bit_flips);
+    tcase_add_test(t, test_fnv1a64_checkpoints_still_verify_and_read);
+    tcase_add_test(t, test_large_tensors_written_in_slabs);
     tcase_add_test(t, test_every_dataset_and_the_root_carry_a_checksum);
     tcase_add_test(t, test_flipped_byte_in_dataset_data_is_detected);
     tcase_add_test(t, test_altered_attributes_fail_the_root_checksum);

@@ -8,11 +8,15 @@
 
 #include <check.h>
 #include <dirent.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <hdf5.h>
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -727,6 +731,56 @@ START_TEST(test_ckpt_failed_write_keeps_old_file_and_leaves_no_temp) {
 }
 END_TEST
 
+/* A disk error in the middle of HDF5's writes (here the file size limit: every write past
+ * it fails with EFBIG, as writes on a full disk fail with ENOSPC), at every stage of the
+ * file: one error naming the system's reason, the earlier file unchanged, no temporary
+ * file, no HDF5 file left open, and the next write with room again succeeds. */
+START_TEST(test_ckpt_disk_error_inside_hdf5_is_clean) {
+    fixture x, y;
+    fixture_init(&x, 0.5f);
+    fixture_init(&y, 7.0f);
+    char *p = tpath("ckpt_00000020.h5");
+    ck_assert_int_eq(io_ckpt_write(p, &x.ck), IO_OK);
+    size_t n0, n1;
+    char *before = slurp(p, &n0);
+    struct rlimit old;
+    ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_IGN);
+    int failed = 0;
+    for (size_t lim = 256; lim < n0; lim += n0 / 13) {
+        /* no ck_assert while the limit holds: Check's own messages go to a file */
+        struct rlimit r = {.rlim_cur = lim, .rlim_max = old.rlim_max};
+        int set = setrlimit(RLIMIT_FSIZE, &r);
+        int rc = io_ckpt_write(p, &y.ck);
+        int reset = setrlimit(RLIMIT_FSIZE, &old);
+        ck_assert(set == 0 && reset == 0);
+        ck_assert_msg(rc == IO_ERR_WRITE, "limit %zu of %zu: rc %d", lim, n0, rc);
+        ck_assert_msg(strstr(io_error(), "File too large") && strstr(io_error(), ".tmp."),
+                      "limit %zu: %s", lim, io_error());
+        ck_assert_msg(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL) == 0, "limit %zu: %s", lim, io_error());
+        ck_assert_int_eq(count_tmp_files(tdir), 0);
+        char *after = slurp(p, &n1);
+        ck_assert_uint_eq(n0, n1);
+        ck_assert_mem_eq(before, after, n0);
+        free(after);
+        failed++;
+    }
+    ck_assert_int_ge(failed, 10);
+    signal(SIGXFSZ, SIG_DFL);
+    ck_assert_int_eq(io_ckpt_write(p, &y.ck), IO_OK);
+    reader r;
+    reader_init(&r);
+    ck_assert_msg(io_ckpt_read(p, &r.ck) == IO_OK, "%s", io_error());
+    ck_assert_mem_eq(r.params, y.params, sizeof r.params);
+    io_ckpt_release(&r.ck);
+    io_vocab_free(&r.vocabs[0]);
+    io_vocab_free(&r.vocabs[1]);
+    free(before);
+    fixture_free(&x);
+    fixture_free(&y);
+}
+END_TEST
+
 START_TEST(test_ckpt_latest_and_prune) {
     char out[512];
     ck_assert_int_eq(io_ckpt_latest(tdir, out, sizeof out), IO_ERR_NOTFOUND);
@@ -887,6 +941,7 @@ static Suite *io_suite(void) {
     tcase_add_test(t, test_ckpt_refuses_wrong_version_and_foreign_files);
     tcase_add_test(t, test_ckpt_truncated_file_fails_cleanly);
     tcase_add_test(t, test_ckpt_failed_write_keeps_old_file_and_leaves_no_temp);
+    tcase_add_test(t, test_ckpt_disk_error_inside_hdf5_is_clean);
     tcase_add_test(t, test_ckpt_latest_and_prune);
     tcase_add_test(t, test_ckpt_is_readable_by_h5py);
     suite_add_tcase(s, t);
