@@ -112,8 +112,7 @@ static hid_t vstr_type(void) {
 
 /* A short string from the program (may hold invalid UTF-8, never NUL). */
 static void take_str(prog *g, char *out, size_t cap) {
-    size_t len = next(g) % 12;
-    if (len >= cap) len = cap - 1;
+    size_t len = next(g) % (cap < 12 ? cap : 12); /* < cap, and at most 11 */
     for (size_t i = 0; i < len; i++) {
         unsigned c = next(g);
         out[i] = (char)(c ? c : 'x');
