@@ -160,48 +160,46 @@ void nn_attdec_init(nn_attdec *d, const nn_attdec_config *c) {
 
 int nn_attdec_add_params(nn_attdec *d, nn_params *ps, const char *init_name,
                          const char *emb_name) {
-    int rc, first_out;
     char wn[NN_NAME_MAX], bn[NN_NAME_MAX];
     snprintf(wn, sizeof wn, "%s/weight", init_name);
     snprintf(bn, sizeof bn, "%s/bias", init_name);
-    int si[2] = {d->H, d->Dv}, sh1[1] = {d->H};
+    int att = d->kind == NN_ATTDEC_BAHDANAU;
     float kv = 1.0f / sqrtf((float)d->Dv), kh = 1.0f / sqrtf((float)d->H);
-    if ((rc = nn_params_add(ps, wn, 2, si, NN_INIT_UNIFORM, kv, &d->Wi, &d->dWi)) < 0 ||
-        (rc = nn_params_add(ps, bn, 1, sh1, NN_INIT_UNIFORM, kv, &d->bi, &d->dbi)) < 0)
-        return rc;
-    if (d->kind == NN_ATTDEC_BAHDANAU) {
-        int sk[2] = {d->A, d->Dv}, sq[2] = {d->A, d->H}, sa[1] = {d->A}, sp[2] = {d->max_T, d->A};
-        float ka = 1.0f / sqrtf((float)d->A);
-        if ((rc = nn_params_add(ps, "attention/w_key", 2, sk, NN_INIT_UNIFORM, kv, &d->Wk,
-                                &d->dWk)) < 0 ||
-            (rc = nn_params_add(ps, "attention/w_query", 2, sq, NN_INIT_UNIFORM, kh, &d->Ws,
-                                &d->dWs)) < 0 ||
-            (rc = nn_params_add(ps, "attention/b_query", 1, sa, NN_INIT_UNIFORM, kh, &d->bs,
-                                &d->dbs)) < 0 ||
-            (rc = nn_params_add(ps, "attention/v", 1, sa, NN_INIT_UNIFORM, ka, &d->va,
-                                &d->dva)) < 0)
-            return rc;
-        if (d->positions && (rc = nn_params_add(ps, "attention/position", 2, sp,
-                                                NN_INIT_UNIFORM, kv, &d->pos, &d->dpos)) < 0)
-            return rc;
+    float ka = 1.0f / sqrtf((float)d->A), ko = 1.0f / sqrtf((float)d->Hc);
+    /* in registration order (the random initialisation follows it); PyTorch-style bounds:
+     * uniform +-1/sqrt(fan_in), the embedding N(0,1). cols 0: a vector of rows entries. */
+    const struct {
+        int on;
+        const char *name;
+        int rows, cols, init;
+        float scale;
+        float **data, **grad;
+    } t[] = {
+        {1, wn, d->H, d->Dv, NN_INIT_UNIFORM, kv, &d->Wi, &d->dWi},
+        {1, bn, d->H, 0, NN_INIT_UNIFORM, kv, &d->bi, &d->dbi},
+        {att, "attention/w_key", d->A, d->Dv, NN_INIT_UNIFORM, kv, &d->Wk, &d->dWk},
+        {att, "attention/w_query", d->A, d->H, NN_INIT_UNIFORM, kh, &d->Ws, &d->dWs},
+        {att, "attention/b_query", d->A, 0, NN_INIT_UNIFORM, kh, &d->bs, &d->dbs},
+        {att, "attention/v", d->A, 0, NN_INIT_UNIFORM, ka, &d->va, &d->dva},
+        {d->positions, "attention/position", d->max_T, d->A, NN_INIT_UNIFORM, kv, &d->pos,
+         &d->dpos},
+        {1, emb_name, d->V, d->D, NN_INIT_NORMAL, 1.0f, &d->E, &d->dE},
+        {1, "decoder/w_ih", d->GH, d->In, NN_INIT_UNIFORM, kh, &d->Wih, &d->dWih},
+        {1, "decoder/w_hh", d->GH, d->H, NN_INIT_UNIFORM, kh, &d->Whh, &d->dWhh},
+        {1, "decoder/b_ih", d->GH, 0, NN_INIT_UNIFORM, kh, &d->bih, &d->dbih},
+        {1, "decoder/b_hh", d->GH, 0, NN_INIT_UNIFORM, kh, &d->bhh, &d->dbhh},
+        {1, "output/weight", d->V, d->Hc, NN_INIT_UNIFORM, ko, &d->Wo, &d->dWo},
+        {1, "output/bias", d->V, 0, NN_INIT_UNIFORM, ko, &d->bo, &d->dbo},
+    };
+    int first_out = -1;
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        if (!t[i].on) continue;
+        int shape[2] = {t[i].rows, t[i].cols};
+        int rc = nn_params_add(ps, t[i].name, t[i].cols ? 2 : 1, shape, t[i].init, t[i].scale,
+                               t[i].data, t[i].grad);
+        if (rc < 0) return rc;
+        if (t[i].data == &d->Wo) first_out = rc;
     }
-    int se[2] = {d->V, d->D}, sx[2] = {d->GH, d->In}, sr[2] = {d->GH, d->H}, sg[1] = {d->GH};
-    int so[2] = {d->V, d->Hc}, sob[1] = {d->V};
-    float ko = 1.0f / sqrtf((float)d->Hc);
-    if ((rc = nn_params_add(ps, emb_name, 2, se, NN_INIT_NORMAL, 1.0f, &d->E, &d->dE)) < 0 ||
-        (rc = nn_params_add(ps, "decoder/w_ih", 2, sx, NN_INIT_UNIFORM, kh, &d->Wih,
-                            &d->dWih)) < 0 ||
-        (rc = nn_params_add(ps, "decoder/w_hh", 2, sr, NN_INIT_UNIFORM, kh, &d->Whh,
-                            &d->dWhh)) < 0 ||
-        (rc = nn_params_add(ps, "decoder/b_ih", 1, sg, NN_INIT_UNIFORM, kh, &d->bih,
-                            &d->dbih)) < 0 ||
-        (rc = nn_params_add(ps, "decoder/b_hh", 1, sg, NN_INIT_UNIFORM, kh, &d->bhh,
-                            &d->dbhh)) < 0 ||
-        (first_out = rc = nn_params_add(ps, "output/weight", 2, so, NN_INIT_UNIFORM, ko, &d->Wo,
-                                        &d->dWo)) < 0 ||
-        (rc = nn_params_add(ps, "output/bias", 1, sob, NN_INIT_UNIFORM, ko, &d->bo,
-                            &d->dbo)) < 0)
-        return rc;
     return first_out;
 }
 
@@ -246,32 +244,38 @@ void nn_attdec_free(nn_attdec *d) {
 
 /* ---- targets -------------------------------------------------------------------------- */
 
-int nn_attdec_check_targets(nn_attdec *d, const nn_batch *b, const char *noun) {
-    int B = b->B, U = b->U;
-    if (B == 0) return NN_OK;
-    if (U < 1 || U > d->max_U || !b->y) {
-        nn_set_error("%s: %s length %d does not fit max_len_tgt %d", d->name, noun, U,
-                     d->max_U);
-        return NN_ERR_SHAPE;
-    }
+int nn_attdec_check_ids(const char *model, const char *len_noun, const char *id_noun,
+                        int32_t *len_out, const int32_t *ids, const int32_t *len, int B, int T,
+                        int V) {
     for (int i = 0; i < B; i++) {
-        int yl = b->y_len ? b->y_len[i] : U;
-        if (yl < 0 || yl > U) {
-            nn_set_error("%s: %s length %d of example %d is outside [0, %d]", d->name, noun, yl,
-                         i, U);
+        int n = len ? len[i] : T;
+        if (n < 0 || n > T) {
+            nn_set_error("%s: %s length %d of example %d is outside [0, %d]", model, len_noun, n,
+                         i, T);
             return NN_ERR_DATA;
         }
-        d->yl[i] = yl;
-        for (int u = 0; u < U; u++) {
-            int32_t id = b->y[(size_t)i * U + u];
-            if (id < 0 || id >= d->V) {
-                nn_set_error("%s: target id %d at example %d position %d is outside the "
-                             "vocabulary [0, %d)", d->name, (int)id, i, u, d->V);
+        len_out[i] = n;
+        for (int t = 0; t < T; t++) {
+            int32_t id = ids[(size_t)i * T + t];
+            if (id < 0 || id >= V) {
+                nn_set_error("%s: %s id %d at example %d position %d is outside the "
+                             "vocabulary [0, %d)", model, id_noun, (int)id, i, t, V);
                 return NN_ERR_DATA;
             }
         }
     }
     return NN_OK;
+}
+
+int nn_attdec_check_targets(nn_attdec *d, const nn_batch *b, const char *noun) {
+    if (b->B == 0) return NN_OK;
+    if (b->U < 1 || b->U > d->max_U || !b->y) {
+        nn_set_error("%s: %s length %d does not fit max_len_tgt %d", d->name, noun, b->U,
+                     d->max_U);
+        return NN_ERR_SHAPE;
+    }
+    return nn_attdec_check_ids(d->name, noun, "target", d->yl, b->y, b->y_len, b->B, b->U,
+                               d->V);
 }
 
 void nn_attdec_embed_targets(nn_attdec *d, const nn_batch *b) {

@@ -121,6 +121,13 @@ void nn_attdec_carve_train(nn_attdec *d, nn_attdec_arena *a);
 /* Frees the decode scratch; safe on a zeroed or already-freed decoder. */
 void nn_attdec_free(nn_attdec *d);
 
+/* Validates B id rows ids (B,T) with lengths len (B; NULL: all T): len[i] in [0, T] and
+ * every id, padding included, in [0, V). Copies the lengths into len_out (B). On failure
+ * NN_ERR_DATA and the message "<model>: <len_noun> length ... of example ..." or
+ * "<model>: <id_noun> id ... at example ... position ...". */
+int nn_attdec_check_ids(const char *model, const char *len_noun, const char *id_noun,
+                        int32_t *len_out, const int32_t *ids, const int32_t *len, int B, int T,
+                        int V);
 /* Validates the targets of b (b->B examples already checked by the model): U in
  * [1, max_U], y present, y_len[i] in [0, U], ids in [0, V). Fills yl. `noun` names the
  * targets in messages ("target", "caption"). NN_ERR_SHAPE / NN_ERR_DATA with a message. */

@@ -202,23 +202,8 @@ static int s2s_check_src_(s2s *w, const nn_batch *b) {
                      B, T, w->max_B, w->max_T);
         return NN_ERR_SHAPE;
     }
-    for (int i = 0; i < B; i++) {
-        int xl = b->x_len ? b->x_len[i] : T;
-        if (xl < 0 || xl > T) {
-            nn_set_error("seq2seq: source length %d of example %d is outside [0, %d]", xl, i, T);
-            return NN_ERR_DATA;
-        }
-        w->xl[i] = xl;
-        for (int t = 0; t < T; t++) {
-            int32_t id = b->x[(size_t)i * T + t];
-            if (id < 0 || id >= w->V) {
-                nn_set_error("seq2seq: source id %d at example %d position %d is outside the "
-                             "vocabulary [0, %d)", (int)id, i, t, w->V);
-                return NN_ERR_DATA;
-            }
-        }
-    }
-    return NN_OK;
+    return nn_attdec_check_ids("seq2seq", "source", "source", w->xl, b->x, b->x_len, B, T,
+                               w->V);
 }
 
 /* Validates the batch: the source side, and the targets when need_y. */
