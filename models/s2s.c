@@ -213,11 +213,23 @@ static int s2s_check_(s2s *w, const nn_batch *b, int need_y) {
     return nn_attdec_check_targets(&w->dec, b, "target");
 }
 
-static int64_t s2s_key_(const nn_batch *b, int i, int site, int pos) {
-    int64_t ex = b->index ? b->index[i] : i;
-    return (ex * 4 + site) * S2S_ROWKEY + pos;
+/* Training dropout of x (B*T rows of C) into y, mask: row r is example i at position t,
+ * keyed (example * 4 + site) * S2S_ROWKEY + t so that the mask depends on neither the rank
+ * nor the batch composition. Rows are batch-major (r = i*T + t) for site 0 (source) and
+ * time-major (r = t*B + i) otherwise (the decoder's layout). Returns y. */
+static const float *s2s_dropout_(nn_model *m, const nn_batch *b, int site, float *y,
+                                 float *mask, const float *x, int T, int C) {
+    s2s *w = m->impl;
+    int B = b->B;
+    for (int i = 0; i < B; i++) {
+        int64_t ex = b->index ? b->index[i] : i;
+        for (int t = 0; t < T; t++)
+            w->ridx[site == 0 ? (size_t)i * T + t : (size_t)t * B + i] =
+                (ex * 4 + site) * S2S_ROWKEY + t;
+    }
+    nn_dropout_forward(y, mask, x, (size_t)B * T * C, C, w->p, m->seed, b->step, w->ridx);
+    return y;
 }
-
 
 /* Source side: embeddings, encoder, then the decoder's s_0 and attention keys. train:
  * dropout. */
@@ -227,12 +239,7 @@ static void s2s_encode_(nn_model *m, const nn_batch *b, int train) {
     size_t BT = (size_t)B * T;
     nn_embedding_forward(w->xe, b->x, w->Es, (int)BT, D);
     const float *xin = w->xe;
-    if (train && w->p > 0.0f) {
-        for (int i = 0; i < B; i++)
-            for (int t = 0; t < T; t++) w->ridx[(size_t)i * T + t] = s2s_key_(b, i, 0, t);
-        nn_dropout_forward(w->xd, w->xmask, w->xe, BT * D, D, w->p, m->seed, b->step, w->ridx);
-        xin = w->xd;
-    }
+    if (train && w->p > 0.0f) xin = s2s_dropout_(m, b, 0, w->xd, w->xmask, w->xe, T, D);
     nn_rnn_forward(&w->enc, w->attn ? w->henc : NULL, w->last, xin, w->xl, NULL, B, T);
     nn_attdec_begin(&w->dec, w->last, w->attn ? w->henc : NULL, w->xl, B, T);
 }
@@ -243,26 +250,15 @@ static void s2s_forward_loss_(nn_model *m, const nn_batch *b, int train, float g
                               nn_stats *st) {
     s2s *w = m->impl;
     nn_attdec *dec = &w->dec;
-    int B = b->B, U = b->U, D = w->D, Hc = dec->Hc;
-    size_t UB = (size_t)U * B;
+    int B = b->B, U = b->U, D = w->D;
     s2s_encode_(m, b, train);
     nn_attdec_embed_targets(dec, b);
     const float *emb = dec->ye;
-    if (train && w->p > 0.0f) {
-        for (int u = 0; u < U; u++)
-            for (int i = 0; i < B; i++) w->ridx[(size_t)u * B + i] = s2s_key_(b, i, 1, u);
-        nn_dropout_forward(w->yd, w->ymask, dec->ye, UB * D, D, w->p, m->seed, b->step, w->ridx);
-        emb = w->yd;
-    }
+    if (train && w->p > 0.0f) emb = s2s_dropout_(m, b, 1, w->yd, w->ymask, dec->ye, U, D);
     nn_attdec_forward(dec, emb, B, U);
     const float *O = dec->O;
-    if (train && w->p > 0.0f) {
-        for (int u = 0; u < U; u++)
-            for (int i = 0; i < B; i++) w->ridx[(size_t)u * B + i] = s2s_key_(b, i, 2, u);
-        nn_dropout_forward(w->Od, w->Omask, dec->O, UB * Hc, Hc, w->p, m->seed, b->step, w->ridx);
-        O = w->Od;
-    }
-    nn_attdec_output_loss(dec, st, O, (int)UB, train, grad_scale);
+    if (train && w->p > 0.0f) O = s2s_dropout_(m, b, 2, w->Od, w->Omask, dec->O, U, dec->Hc);
+    nn_attdec_output_loss(dec, st, O, U * B, train, grad_scale);
     /* the output layer is final: the trainer may reduce it during the recurrent backward */
     if (train) nn_grad_ready(m, w->first_out);
 }
