@@ -107,7 +107,7 @@ typedef struct nn_attdec {
     nn_attdec_scratch dec;
 } nn_attdec;
 
-/* Fills d's dimensions from c (In = D + Dv and Hc = H + Dv unless ctx is NONE; A = H).
+/* Fills d's dimensions from c (In = D + Dv and Hc = H + Dv unless kind is NONE; A = H).
  * Allocates nothing; c must be valid (the model checked its options). Cannot fail. */
 void nn_attdec_init(nn_attdec *d, const nn_attdec_config *c);
 /* Registers the decoder's parameters in this order: <init_name>/{weight,bias},
@@ -173,12 +173,14 @@ typedef struct nn_attdec_source {
  * ids without NN_EOS; never NN_PAD or NN_BOS as a token. The greedy decode records its
  * attention weights (BAHDANAU; nn_attdec_attention). NN_ERR_CONFIG on beam < 1,
  * max_out < 1 or out == NULL, the check's status on a bad batch, NN_ERR_NOMEM when the
- * scratch cannot grow. */
+ * scratch cannot grow (it is allocated on first use for B*beam rows and max_out steps,
+ * and reallocated only when a call needs more). */
 int nn_attdec_decode(nn_attdec *d, nn_model *m, const nn_attdec_source *src,
                      const nn_batch *b, int beam, float len_alpha, int max_out, int32_t *out,
                      int force_beam);
 /* Attention weights of the last greedy decode: (B, steps, T), zero after an example's
- * NN_EOS; NULL and zero dims when there are none. Valid until the next decode. */
+ * NN_EOS; NULL and zero dims when there are none or d is NULL. Valid until the next
+ * decode. */
 const float *nn_attdec_attention(const nn_attdec *d, int *B, int *steps, int *T);
 
 #endif
