@@ -1,5 +1,6 @@
-/* nn_s2s.h - sequence-to-sequence translation: the seq2seq model and its additive
- * (Bahdanau) attention layer. Included by nn.h; do not include directly. */
+/* nn_s2s.h - sequence-to-sequence translation: the seq2seq model (s2s.c) and its additive
+ * (Bahdanau) attention layer (attdec.c, the attention decoder seq2seq shares with the
+ * captioner). Included by nn.h; do not include directly. */
 #ifndef MODELS_NN_S2S_H
 #define MODELS_NN_S2S_H
 
@@ -33,7 +34,7 @@ const float *nn_s2s_attention(const nn_model *m, int *B, int *steps, int *T);
 int nn_s2s_beam_search(nn_model *m, const nn_batch *b, int beam, float len_alpha, int max_out,
                        int32_t *out);
 
-/* ---- additive attention (Bahdanau) ------------------------------------------------- */
+/* ---- additive attention (Bahdanau; attdec.c) ----------------------------------------- */
 /* For R query rows over the T positions of source row src[r] (src NULL: row r):
  *   e_j = v . tanh(q_r + kh[src, j]),  a = softmax over j < len[src] (0 elsewhere),
  *   ctx_r = sum_j a_j h[src, j].
