@@ -13,35 +13,21 @@
 
 #include "io/io.h"
 #include "models/nn.h"
+#include "tests/testutil.h"
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
 static void fill_uniform(float *x, size_t n, float lo, float hi, uint64_t key) {
-    nn_rng r = nn_rng_make(777, key, 0, NN_RNG_USER);
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * nn_rng_uniform(&r);
+    tu_fill_uniform(x, n, lo, hi, 777, key);
 }
 
 static void fill_normal(float *x, size_t n, float scale, uint64_t key) {
-    nn_rng r = nn_rng_make(778, key, 0, NN_RNG_USER);
-    for (size_t i = 0; i < n; i++) x[i] = scale * nn_rng_normal(&r);
+    tu_fill_normal(x, n, scale, 778, key);
 }
 
-/* Asserts the gradient passes at tol and that the negated gradient fails. */
 static void check_grad(double (*f)(void *), void *ctx, float *x, const float *g, size_t n,
                        float h, double tol, const char *what) {
-    double err = nn_gradcheck(f, ctx, x, g, n, h, 300);
-    if (getenv("NN_TEST_VERBOSE")) fprintf(stderr, "%-44s error %.2e (tol %.0e)\n", what, err, tol);
-    ck_assert_msg(err < tol, "%s: gradient check error %g >= %g", what, err, tol);
-    float *neg = malloc(n * sizeof *neg);
-    double gmax = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        neg[i] = -g[i];
-        if (fabs(g[i]) > gmax) gmax = fabs(g[i]);
-    }
-    ck_assert_msg(gmax > 1e-3, "%s: gradient is all zero", what);
-    double bad = nn_gradcheck(f, ctx, x, neg, n, h, 300);
-    ck_assert_msg(bad > 0.5, "%s: flipped gradient passed (error %g)", what, bad);
-    free(neg);
+    tu_check_grad(f, ctx, x, g, n, h, tol, 300, 1e-3, 0, what);
 }
 
 /* Builds ops with "key=value" pairs (NULL-terminated). */

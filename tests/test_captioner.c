@@ -16,6 +16,7 @@
 
 #include "io/io.h"
 #include "models/nn.h"
+#include "tests/testutil.h"
 #include "trainer/bleu.h"
 
 #define FIXTURE "data/captions_small.h5"
@@ -23,26 +24,12 @@
 /* ---- helpers ------------------------------------------------------------------------ */
 
 static void fill_uniform(float *x, size_t n, float lo, float hi, uint64_t key) {
-    nn_rng r = nn_rng_make(991, key, 0, NN_RNG_USER);
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * nn_rng_uniform(&r);
+    tu_fill_uniform(x, n, lo, hi, 991, key);
 }
 
-/* Asserts the gradient passes at tol and that the negated gradient fails. */
 static void check_grad(double (*f)(void *), void *ctx, float *x, const float *g, size_t n,
                        float h, double tol, int checks, const char *what) {
-    double err = nn_gradcheck(f, ctx, x, g, n, h, checks);
-    if (getenv("NN_TEST_VERBOSE")) fprintf(stderr, "%-48s error %.2e (tol %.0e)\n", what, err, tol);
-    ck_assert_msg(err < tol, "%s: gradient check error %g >= %g", what, err, tol);
-    float *neg = malloc(n * sizeof *neg);
-    double gmax = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        neg[i] = -g[i];
-        if (fabs(g[i]) > gmax) gmax = fabs(g[i]);
-    }
-    ck_assert_msg(gmax > 1e-3, "%s: gradient is all zero", what);
-    double bad = nn_gradcheck(f, ctx, x, neg, n, h, checks);
-    ck_assert_msg(bad > 0.5, "%s: flipped gradient passed (error %g)", what, bad);
-    free(neg);
+    tu_check_grad(f, ctx, x, g, n, h, tol, checks, 1e-3, 0, what);
 }
 
 /* Worst over `checks` entries spread over x of the best error among the steps 1e-2, 3e-3,
