@@ -349,6 +349,29 @@ END_TEST
 
 /* ---- whole GPT models -------------------------------------------------------------------------- */
 
+/* Builds model m of ops from the key/value list kv (NULL-terminated) and dims d, then
+ * redraws every parameter from wseed: norm gains 1 + 0.3 N(0,1), everything else
+ * std N(0,1) — larger than the init, so every path carries a visible gradient. */
+static void model_case_init(nn_model *m, const nn_model_ops *ops, const char *const *kv,
+                            const nn_dims *d, uint64_t seed, uint64_t wseed, float std) {
+    nn_config cfg = {0};
+    for (int i = 0; kv[i]; i += 2) nn_config_set(&cfg, kv[i], kv[i + 1]);
+    memset(m, 0, sizeof *m);
+    int rc = nn_model_init(m, ops, &cfg, d, seed);
+    ck_assert_msg(rc == 0, "init: %s", nn_error());
+    nn_config_free(&cfg);
+    nn_params *ps = &m->params;
+    for (int i = 0; i < ps->n; i++) {
+        nn_param *p = &ps->p[i];
+        nn_rng r = nn_rng_make(wseed, (uint64_t)i, 0, NN_RNG_USER);
+        for (size_t j = 0; j < p->size; j++) {
+            float *w = ps->data + p->offset + j;
+            if (strstr(p->name, "/g")) *w = 1.0f + 0.3f * nn_rng_normal(&r);
+            else *w = std * nn_rng_normal(&r);
+        }
+    }
+}
+
 typedef struct gpt_case {
     nn_model m;
     int32_t x[128], y[128];
@@ -357,25 +380,9 @@ typedef struct gpt_case {
 } gpt_case;
 
 static void gpt_case_init(gpt_case *c, const char *const *kv, int V, int B, int T, float std) {
-    nn_config cfg = {0};
-    for (int i = 0; kv[i]; i += 2) nn_config_set(&cfg, kv[i], kv[i + 1]);
     nn_dims d = {0};
     d.vocab = V, d.max_len = T, d.max_batch = B;
-    memset(&c->m, 0, sizeof c->m);
-    int rc = nn_model_init(&c->m, &nn_gpt_ops, &cfg, &d, 42);
-    ck_assert_msg(rc == 0, "init: %s", nn_error());
-    nn_config_free(&cfg);
-    /* larger weights than the init so every path carries a visible gradient */
-    nn_params *ps = &c->m.params;
-    for (int i = 0; i < ps->n; i++) {
-        nn_param *p = &ps->p[i];
-        nn_rng r = nn_rng_make(7, (uint64_t)i, 0, NN_RNG_USER);
-        for (size_t j = 0; j < p->size; j++) {
-            float *w = ps->data + p->offset + j;
-            if (strstr(p->name, "/g")) *w = 1.0f + 0.3f * nn_rng_normal(&r);
-            else *w = std * nn_rng_normal(&r);
-        }
-    }
+    model_case_init(&c->m, &nn_gpt_ops, kv, &d, 42, 7, std);
     nn_rng r = nn_rng_make(3, 0, 0, NN_RNG_USER);
     for (int i = 0; i < B * T; i++) {
         c->x[i] = 1 + (int32_t)nn_rng_below(&r, (uint32_t)V - 1);
@@ -597,24 +604,9 @@ typedef struct xfm_case {
 
 static void xfm_case_init(xfm_case *c, const char *const *kv, int Vs, int Vt, int B, int T, int U,
                           float std) {
-    nn_config cfg = {0};
-    for (int i = 0; kv[i]; i += 2) nn_config_set(&cfg, kv[i], kv[i + 1]);
     nn_dims d = {0};
     d.vocab = Vs, d.vocab_tgt = Vt, d.max_len = T, d.max_len_tgt = U, d.max_batch = B;
-    memset(&c->m, 0, sizeof c->m);
-    int rc = nn_model_init(&c->m, &nn_transformer_ops, &cfg, &d, 43);
-    ck_assert_msg(rc == 0, "init: %s", nn_error());
-    nn_config_free(&cfg);
-    nn_params *ps = &c->m.params;
-    for (int i = 0; i < ps->n; i++) {
-        nn_param *p = &ps->p[i];
-        nn_rng r = nn_rng_make(8, (uint64_t)i, 0, NN_RNG_USER);
-        for (size_t j = 0; j < p->size; j++) {
-            float *w = ps->data + p->offset + j;
-            if (strstr(p->name, "/g")) *w = 1.0f + 0.3f * nn_rng_normal(&r);
-            else *w = std * nn_rng_normal(&r);
-        }
-    }
+    model_case_init(&c->m, &nn_transformer_ops, kv, &d, 43, 8, std);
     nn_rng r = nn_rng_make(4, 0, 0, NN_RNG_USER);
     for (int i = 0; i < B * T; i++) c->x[i] = 4 + (int32_t)nn_rng_below(&r, (uint32_t)Vs - 4);
     for (int i = 0; i < B * U; i++) c->y[i] = 4 + (int32_t)nn_rng_below(&r, (uint32_t)Vt - 4);
