@@ -75,6 +75,7 @@ typedef struct run {
     size_t zlo, zhi;
     float *zgrad;           /* (zhi - zlo) reduce-scatter target */
     comm_buckets buckets;   /* overlapped gradient reduction (bucket-mb > 0, P > 1) */
+    trainer_sparse sp;      /* row-sparse updates and local SGD (sp.on), trainer/sparse.c */
     int use_buckets;
     double bucket_mb;
     double comm_wait;       /* seconds spent waiting for gradient reduction (this window) */
@@ -140,6 +141,14 @@ static int example_at(run *r, int64_t pos, int64_t *ex) {
 }
 
 /* ---- checkpoints ----------------------------------------------------------------------- */
+
+/* Collective. With --sync-every K > 1 on several ranks: adds up the ranks' parameter
+ * changes since the last sync (trainer/sparse.c); otherwise nothing. */
+static void sparse_sync(run *r) {
+    double t0 = trainer_now();
+    trainer_sparse_sync(&r->sp, r->c, &r->model.params);
+    r->comm_wait += trainer_now() - t0;
+}
 
 static void metrics_append(run *r, const char *line) {
     size_t len = strlen(line);
@@ -223,6 +232,7 @@ static int write_ckpt(run *r, const char *path, const char *const *slot_names, f
 /* Collective. Rank 0 writes ckpt_<step>.h5 (and best.h5 when asked), prunes old ones; the
  * outcome is agreed. */
 static int save(run *r, int best) {
+    sparse_sync(r); /* with local updates: every rank holds the same parameters to save */
     int rc = NN_OK;
     const char *slot_names[2];
     float *slots[2];
@@ -300,6 +310,7 @@ static int load(run *r, const char *path) {
         if (r->opt.v) comm_bcast_params(r->c, r->opt.v, ps->total);
     }
     comm_bcast_bytes(r->c, &r->ts, sizeof r->ts, 0);
+    trainer_sparse_rebase(&r->sp, ps);
     return NN_OK;
 }
 
@@ -432,6 +443,7 @@ static void format_stats(const run *r, const nn_stats *st, char *txt, size_t tn,
 
 /* Collective. Evaluates one split, logs it on rank 0, returns the metric. */
 static int eval_and_log(run *r, const trainer_split *s, const char *name, double *metric) {
+    sparse_sync(r); /* evaluate the parameters every rank agrees on */
     nn_stats st;
     int rc = evaluate_split(r, s, &st);
     if (rc < 0) return rc;
@@ -470,6 +482,62 @@ static void on_grad_ready(void *ctx, size_t lo) {
     comm_buckets_progress(&r->buckets);
 }
 
+/* A non-finite loss or gradient (bad: the tensor index, -1 for the loss or when another
+ * rank found it): 1 to skip the step (--on-nan skip, with a warning) or NN_ERR_NUMERIC. */
+static int on_nonfinite(run *r, int bad, int grad_bad, double loss) {
+    char what[300];
+    if (bad >= 0)
+        snprintf(what, sizeof what, "gradient of %s", r->model.params.p[bad].name);
+    else
+        snprintf(what, sizeof what, grad_bad ? "gradient (on another rank)" : "loss");
+    if (r->skip_nan) {
+        if (r->c->rank == 0)
+            fprintf(stderr, "lockstep: warning: step %lld: non-finite %s; step skipped\n",
+                    (long long)r->ts.step, what);
+        return 1;
+    }
+    nn_set_error("step %lld: non-finite %s (loss %g); stopping without a checkpoint "
+                 "(--on-nan skip skips such steps)",
+                 (long long)r->ts.step, what, loss);
+    return NN_ERR_NUMERIC;
+}
+
+/* Collective. The rest of a step on the row-sparse path, after every local micro-batch
+ * (local_rc: their status): only the touched rows are exchanged (K = 1), checked, clipped
+ * and updated. With K > 1 on several ranks each rank applies its own share of the
+ * gradient; NaN decisions and the clipping norm (the square root of the SUM over ranks of
+ * each rank's squared norm: exact when the ranks touch disjoint rows) are still agreed
+ * through the one reduction of the step's statistics. */
+static int sparse_step(run *r, const nn_stats *st, int local_rc, nn_stats *out) {
+    nn_params *ps = &r->model.params;
+    trainer_sparse *sp = &r->sp;
+    if (comm_any(r->c, local_rc < 0)) {
+        if (local_rc == NN_OK) nn_set_error("a training step failed on another rank");
+        return local_rc < 0 ? local_rc : NN_ERR_DATA;
+    }
+    const int local = sp->ranks > 1 && sp->sync_every > 1;
+    double t_wait = trainer_now();
+    trainer_sparse_gather(sp, &r->model, r->c);
+    r->comm_wait += trainer_now() - t_wait;
+    double ss = trainer_sparse_sumsq(sp, ps);
+    double v[4] = {st->loss, st->count, st->correct, ss};
+    comm_allreduce_sum_f64(r->c, v, local ? 4 : 3);
+    out->loss = v[0];
+    out->count = v[1];
+    out->correct = v[2];
+    if (local) ss = v[3];
+    if (!isfinite(out->loss) || !isfinite(ss)) {
+        int bad = isfinite(ss) ? -1 : trainer_sparse_nonfinite(sp, ps);
+        int rc = on_nonfinite(r, bad, !isfinite(ss), out->loss);
+        trainer_sparse_end(sp, &r->model); /* skipped: the gradient rows are zeroed */
+        return rc;
+    }
+    if (r->clip > 0) trainer_sparse_scale(sp, ps, sqrt(ss), r->clip);
+    trainer_sparse_update(sp, &r->opt, ps, r->ts.step, trainer_lr(&r->opt, r->ts.step));
+    trainer_sparse_end(sp, &r->model);
+    return NN_OK;
+}
+
 /* Collective. Returns NN_OK, a negative status, or 1 when the step was skipped (NaN). */
 static int train_step(run *r, nn_stats *out) {
     const int64_t G = r->batch_size, m = r->micro;
@@ -490,7 +558,10 @@ static int train_step(run *r, nn_stats *out) {
     if (rc < 0) return rc;
     const float scale = count > 0 ? (float)(1.0 / count) : 0.0f;
 
-    nn_params_zero_grad(ps);
+    if (r->sp.on)
+        trainer_sparse_begin(&r->sp, ps); /* the rows of the last step are zero already */
+    else
+        nn_params_zero_grad(ps);
     nn_stats st = {0};
     int fixed_bad = 0;
     for (size_t k = lo; k < hi && rc == NN_OK; k++) {
@@ -512,6 +583,7 @@ static int train_step(run *r, nn_stats *out) {
             nn_params_zero_grad(ps);
         }
     }
+    if (r->sp.on) return sparse_step(r, &st, rc, out);
     double t_wait = trainer_now();
     if (r->use_buckets) {
         /* a rank with no micro-batch (more ranks than micro-batches) starts all here */
@@ -556,23 +628,7 @@ static int train_step(run *r, nn_stats *out) {
         comm_allreduce_max_f64(r->c, &b, 1);
         bad = (int)b;
     }
-    if (!isfinite(out->loss) || bad >= 0) {
-        char what[300];
-        if (bad >= 0)
-            snprintf(what, sizeof what, "gradient of %s", ps->p[bad].name);
-        else
-            snprintf(what, sizeof what, "loss");
-        if (r->skip_nan) {
-            if (r->c->rank == 0)
-                fprintf(stderr, "lockstep: warning: step %lld: non-finite %s; step skipped\n",
-                        (long long)r->ts.step, what);
-            return 1;
-        }
-        nn_set_error("step %lld: non-finite %s (loss %g); stopping without a checkpoint "
-                     "(--on-nan skip skips such steps)",
-                     (long long)r->ts.step, what, out->loss);
-        return NN_ERR_NUMERIC;
-    }
+    if (!isfinite(out->loss) || bad >= 0) return on_nonfinite(r, bad, bad >= 0, out->loss);
     if (r->clip > 0) {
         if (r->zero) comm_allreduce_sum_f64(r->c, &ss, 1);
         trainer_scale_grads(ps, r->zlo, r->zhi, sqrt(ss), r->clip);
@@ -914,6 +970,50 @@ static int read_settings(run *r) {
     return NN_OK;
 }
 
+/* The update path (after the model and the optimizer exist): row-sparse when the model
+ * lists touched rows and --sparse allows it (auto: plain SGD, where it is exact, without
+ * --deterministic or --zero); and --sync-every K (auto: TRAINER_SYNC_EVERY for sparse SGD
+ * on several ranks, else 1). Conflicts are one-line errors. */
+#define TRAINER_SYNC_EVERY 50
+static int setup_sparse(run *r) {
+    const char *mode, *se = nn_config_get(&r->cfg, "sync-every");
+    long k = 0; /* 0: auto */
+    int rc;
+    if ((rc = nn_config_choice(&r->cfg, "sparse", "auto", "auto|1|0", &mode)) < 0) return rc;
+    if (se && strcmp(se, "auto") != 0) {
+        if ((rc = nn_config_int(&r->cfg, "sync-every", 1, &k)) < 0) return rc;
+        if (k < 1) {
+            nn_set_error("--sync-every must be auto or a step count >= 1, got %ld", k);
+            return NN_ERR_CONFIG;
+        }
+    }
+    const int sgd = r->opt.kind == OPT_SGD, forced = strcmp(mode, "1") == 0;
+    if (forced && (r->deterministic || r->zero)) {
+        nn_set_error("--sparse 1 cannot be combined with --%s (it reduces whole gradients); "
+                     "use --sparse auto or 0", r->deterministic ? "deterministic" : "zero 1");
+        return NN_ERR_CONFIG;
+    }
+    if (k > 1 && (r->deterministic || r->zero || !sgd)) {
+        nn_set_error("--sync-every %ld cannot be combined with %s (each rank would apply its own "
+                     "updates%s); use --sync-every 1",
+                     k, r->deterministic ? "--deterministic" : r->zero ? "--zero 1" : "--optimizer other than sgd",
+                     r->deterministic ? ", so results would depend on the rank count"
+                     : r->zero ? " to state it does not hold" : " to optimizer state that would differ between ranks");
+        return NN_ERR_CONFIG;
+    }
+    int want = forced || (strcmp(mode, "auto") == 0 && sgd && !r->deterministic && !r->zero);
+    if (want) {
+        long kk = k > 0 ? k : (sgd && r->c->size > 1 ? TRAINER_SYNC_EVERY : 1);
+        if ((rc = trainer_sparse_init(&r->sp, &r->model, r->c->size, (int)kk)) < 0) return rc;
+    }
+    if (k > 1 && !r->sp.on) {
+        nn_set_error("--sync-every %ld needs row-sparse updates, and %s", k,
+                     want ? "this model's gradients are dense" : "--sparse 0 turns them off");
+        return NN_ERR_CONFIG;
+    }
+    return NN_OK;
+}
+
 static void print_banner(run *r) {
     if (r->c->rank != 0) return;
     printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, %s\n", r->ops->name,
@@ -929,6 +1029,18 @@ static void print_banner(run *r) {
     if (r->data.dims.classes) printf(", %d classes", r->data.dims.classes);
     printf("\nlockstep: %lld steps of %ld examples (micro-batch %ld), run directory %s\n",
            (long long)r->total_steps, r->batch_size, r->micro, r->out);
+    if (r->sp.on) {
+        printf("lockstep: sparse updates (touched rows only) of");
+        for (int t = 0; t < r->sp.n; t++)
+            if (r->sp.kind[t]) printf(" %s", r->model.params.p[t].name);
+        if (r->c->size == 1)
+            printf("\n");
+        else if (r->sp.sync_every == 1)
+            printf("; ranks sum the touched rows' gradients every step\n");
+        else
+            printf("; ranks apply their own updates and add up their changes every %d steps\n",
+                   r->sp.sync_every);
+    }
     fflush(stdout);
 }
 
@@ -976,6 +1088,7 @@ static void run_free(run *r) {
     free(r->slots);
     free(r->acc);
     comm_buckets_free(&r->buckets);
+    trainer_sparse_free(&r->sp);
     free(r->zgrad);
     free(r->hyp);
     free(r->hyp_txt);
@@ -1119,7 +1232,9 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
         r->ref_txt = malloc(r->txt_cap);
         if (!r->hyp || !r->hyp_txt || !r->ref_txt) return NN_ERR_NOMEM;
     }
-    r->use_buckets = r->c->size > 1 && !r->deterministic && !r->zero && r->bucket_mb > 0;
+    if ((rc = setup_sparse(r)) < 0) return rc;
+    r->use_buckets = r->c->size > 1 && !r->deterministic && !r->zero && r->bucket_mb > 0 &&
+                     !r->sp.on;
     if (r->use_buckets &&
         comm_buckets_init(&r->buckets, r->c, r->model.params.grad, r->model.params.total,
                           (size_t)(r->bucket_mb * 1048576.0)) < 0) {
@@ -1196,6 +1311,7 @@ int trainer_train(const comm *c, int argc, char **argv) {
             seen += (double)r.batch_size;
         }
         rc = NN_OK;
+        if (r.sp.on && r.ts.step % r.sp.sync_every == 0) sparse_sync(&r);
         if (r.c->rank == 0 && (r.ts.step % r.log_every == 0 || r.ts.step == r.total_steps)) {
             progress(&r, &win, t_start, first, seen, trainer_lr(&r.opt, r.ts.step - 1));
             memset(&win, 0, sizeof win);
