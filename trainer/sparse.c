@@ -292,7 +292,29 @@ void trainer_sparse_end(trainer_sparse *s, nn_model *m) {
 void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps) {
     if (!s->base || s->since_sync == 0) return;
     double t0 = trainer_now();
+    static int dense = -1;
+    if (dense < 0) dense = getenv("LOCKSTEP_SYNC_DENSE") != NULL;
+    if (dense) { /* MEASUREMENT ONLY */
+        for (size_t i = 0; i < ps->total; i++) s->pack[i] = ps->data[i] - s->base[i];
+        comm_allreduce_sum_f32(c, s->pack, ps->total);
+        for (size_t i = 0; i < ps->total; i++) s->base[i] = ps->data[i] = s->base[i] + s->pack[i];
+        for (int t = 0; t < s->n; t++) {
+            if (!s->kind[t]) continue;
+            uint8_t *d = s->dirty + s->flag_off[t];
+            for (int i = 0; i < s->n_dirty[t]; i++) d[s->dirty_rows[t][i]] = 0;
+            s->n_dirty[t] = 0;
+        }
+        s->since_sync = 0;
+        s->syncs++;
+        s->sync_seconds += trainer_now() - t0;
+        return;
+    }
+    static double tf = 0, tr = 0, nfl = 0; static long cnt = 0;
+    comm_barrier(c); double tb = trainer_now();
     size_t floats = union_rows_(s, c, ps, (const int32_t *const *)s->dirty_rows, s->n_dirty);
+    tf += trainer_now() - tb; nfl += floats; cnt++;
+    if (cnt % 50 == 0 && c->rank == 0) fprintf(stderr, "barrier+wait %.2f flags %.3f rest %.3f avg floats %.0f\n", tb - t0, tf, tr, nfl / cnt);
+    tb = trainer_now();
     /* delta := p - base on the union rows; sum over ranks; p := base + sum =: base */
     pack_(s, ps, ps->data, s->pack);
     size_t o = 0;
@@ -334,5 +356,6 @@ void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps) {
     }
     s->since_sync = 0;
     s->syncs++;
+    tr += trainer_now() - tb;
     s->sync_seconds += trainer_now() - t0;
 }

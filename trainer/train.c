@@ -76,6 +76,10 @@ typedef struct run {
     float *zgrad;           /* (zhi - zlo) reduce-scatter target */
     comm_buckets buckets;   /* overlapped gradient reduction (bucket-mb > 0, P > 1) */
     trainer_sparse sp;      /* row-sparse updates and local SGD (sp.on), trainer/sparse.c */
+    int local;              /* --sync-every K > 1 on P > 1 ranks: each rank applies its own
+                               share of a step; the ranks agree only at sync points */
+    nn_stats lwin;          /* local: this rank's statistics since the last agreement */
+    int deferred_rc;        /* local: this rank's first error since the last agreement */
     int use_buckets;
     double bucket_mb;
     double comm_wait;       /* seconds spent waiting for gradient reduction (this window) */
@@ -231,9 +235,41 @@ static int write_ckpt(run *r, const char *path, const char *const *slot_names, f
 
 /* Collective. Rank 0 writes ckpt_<step>.h5 (and best.h5 when asked), prunes old ones; the
  * outcome is agreed. */
+/* Sum over i of bits(p[i]) * (2i + 1) mod 2^64: any change of any one value changes it.
+ * tests/e2e_sparse.sh recomputes it from the checkpoint. */
+static uint64_t params_checksum(const nn_params *ps) {
+    uint64_t h = 0;
+    for (size_t i = 0; i < ps->total; i++) {
+        uint32_t w;
+        memcpy(&w, ps->data + i, sizeof w);
+        h += (uint64_t)w * (2 * (uint64_t)i + 1);
+    }
+    return h;
+}
+
+/* Collective, sparse path on several ranks: checks that every rank holds the parameters
+ * rank 0 is about to save (they apply updates, or sum changes, independently). */
+static int check_replicas(run *r) {
+    if (!r->sp.on || r->c->size == 1) return NN_OK;
+    uint64_t h = params_checksum(&r->model.params);
+    double hi = (double)(h >> 32), lo = (double)(h & 0xffffffffu);
+    double v[4] = {hi, lo, -hi, -lo};
+    comm_allreduce_max_f64(r->c, v, 4);
+    if (v[0] != -v[2] || v[1] != -v[3]) {
+        nn_set_error("step %lld: the ranks hold different parameters (a bug in the sparse "
+                     "path); not checkpointing", (long long)r->ts.step);
+        return NN_ERR_NUMERIC;
+    }
+    if (r->c->rank == 0)
+        printf("lockstep: step %lld: parameters identical on %d ranks (checksum %016llx)\n",
+               (long long)r->ts.step, r->c->size, (unsigned long long)h);
+    return NN_OK;
+}
+
 static int save(run *r, int best) {
     sparse_sync(r); /* with local updates: every rank holds the same parameters to save */
-    int rc = NN_OK;
+    int rc = check_replicas(r);
+    if (rc < 0) return rc;
     const char *slot_names[2];
     float *slots[2];
     int ns = full_slots(r, slot_names, slots);
@@ -491,7 +527,10 @@ static int on_nonfinite(run *r, int bad, int grad_bad, double loss) {
     else
         snprintf(what, sizeof what, grad_bad ? "gradient (on another rank)" : "loss");
     if (r->skip_nan) {
-        if (r->c->rank == 0)
+        if (r->local) /* only this rank knows: it skips its own share */
+            fprintf(stderr, "lockstep: warning: rank %d, step %lld: non-finite %s; the rank's "
+                    "share of the step skipped\n", r->c->rank, (long long)r->ts.step, what);
+        else if (r->c->rank == 0)
             fprintf(stderr, "lockstep: warning: step %lld: non-finite %s; step skipped\n",
                     (long long)r->ts.step, what);
         return 1;
@@ -502,30 +541,32 @@ static int on_nonfinite(run *r, int bad, int grad_bad, double loss) {
     return NN_ERR_NUMERIC;
 }
 
-/* Collective. The rest of a step on the row-sparse path, after every local micro-batch
- * (local_rc: their status): only the touched rows are exchanged (K = 1), checked, clipped
- * and updated. With K > 1 on several ranks each rank applies its own share of the
- * gradient; NaN decisions and the clipping norm (the square root of the SUM over ranks of
- * each rank's squared norm: exact when the ranks touch disjoint rows) are still agreed
- * through the one reduction of the step's statistics. */
+/* The rest of a step on the row-sparse path, after every local micro-batch (local_rc:
+ * their status): only the touched rows are exchanged (K = 1), checked, clipped and
+ * updated. Collective, except in local mode (r->local): then each rank checks, clips (by
+ * its own share's norm) and applies its own share, and the caller defers errors and
+ * statistics to the next agreement (local_agree). */
 static int sparse_step(run *r, const nn_stats *st, int local_rc, nn_stats *out) {
     nn_params *ps = &r->model.params;
     trainer_sparse *sp = &r->sp;
-    if (comm_any(r->c, local_rc < 0)) {
+    if (r->local) {
+        if (local_rc < 0) return local_rc;
+    } else if (comm_any(r->c, local_rc < 0)) {
         if (local_rc == NN_OK) nn_set_error("a training step failed on another rank");
         return local_rc < 0 ? local_rc : NN_ERR_DATA;
     }
-    const int local = sp->ranks > 1 && sp->sync_every > 1;
     double t_wait = trainer_now();
     trainer_sparse_gather(sp, &r->model, r->c);
     r->comm_wait += trainer_now() - t_wait;
     double ss = trainer_sparse_sumsq(sp, ps);
-    double v[4] = {st->loss, st->count, st->correct, ss};
-    comm_allreduce_sum_f64(r->c, v, local ? 4 : 3);
-    out->loss = v[0];
-    out->count = v[1];
-    out->correct = v[2];
-    if (local) ss = v[3];
+    *out = *st;
+    if (!r->local) {
+        double v[3] = {st->loss, st->count, st->correct};
+        comm_allreduce_sum_f64(r->c, v, 3);
+        out->loss = v[0];
+        out->count = v[1];
+        out->correct = v[2];
+    }
     if (!isfinite(out->loss) || !isfinite(ss)) {
         int bad = isfinite(ss) ? -1 : trainer_sparse_nonfinite(sp, ps);
         int rc = on_nonfinite(r, bad, !isfinite(ss), out->loss);
@@ -535,6 +576,60 @@ static int sparse_step(run *r, const nn_stats *st, int local_rc, nn_stats *out) 
     if (r->clip > 0) trainer_sparse_scale(sp, ps, sqrt(ss), r->clip);
     trainer_sparse_update(sp, &r->opt, ps, r->ts.step, trainer_lr(&r->opt, r->ts.step));
     trainer_sparse_end(sp, &r->model);
+    return NN_OK;
+}
+
+/* ---- local mode: agreement at sync points -------------------------------------------- */
+
+/* Collective only through the callers: whether step r->ts.step (just taken) evaluates. */
+static int eval_due(const run *r) {
+    const int64_t s = r->ts.step;
+    int end_of_epoch = r->eval_every == 0 && s % r->steps_per_epoch == 0;
+    return r->data.has_valid &&
+           ((r->eval_every > 0 && s % r->eval_every == 0) || end_of_epoch || s == r->total_steps);
+}
+
+/* Local mode: the steps after which the ranks agree and sync: every K-th, the last, and
+ * every step that evaluates or checkpoints on schedule. The same on every rank. A stop
+ * (--stop-after, a signal) waits for the next of them, so it falls where an
+ * uninterrupted run syncs too and a resumed run continues it bit for bit. */
+static int local_agree_due(const run *r) {
+    const int64_t s = r->ts.step;
+    return s % r->sp.sync_every == 0 || s == r->total_steps || eval_due(r) ||
+           (r->ckpt_every > 0 && s % r->ckpt_every == 0);
+}
+
+/* Local mode, after each step: keeps what the rank will report at the next agreement. */
+static void local_account(run *r, int rc, const nn_stats *st) {
+    if (rc < 0) {
+        if (r->deferred_rc == NN_OK) r->deferred_rc = rc;
+    } else if (rc == 0) {
+        r->lwin.loss += st->loss;
+        r->lwin.count += st->count;
+        r->lwin.correct += st->correct;
+    }
+}
+
+/* Collective, local mode. One reduction agrees on everything the ranks kept to themselves
+ * since the last agreement (errors, stop signals, the statistics of the steps trained:
+ * into *st), then the parameter changes are summed (trainer_sparse_sync). */
+static int local_agree(run *r, nn_stats *st, int *sig) {
+    double v[5] = {r->lwin.loss, r->lwin.count, r->lwin.correct, r->deferred_rc < 0,
+                   stop_signal != 0};
+    double t0 = trainer_now();
+    comm_allreduce_sum_f64(r->c, v, 5);
+    r->comm_wait += trainer_now() - t0;
+    memset(&r->lwin, 0, sizeof r->lwin);
+    if (v[3] > 0) {
+        if (r->deferred_rc == NN_OK) nn_set_error("a training step failed on another rank");
+        return r->deferred_rc < 0 ? r->deferred_rc : NN_ERR_DATA;
+    }
+    memset(st, 0, sizeof *st);
+    st->loss = v[0];
+    st->count = v[1];
+    st->correct = v[2];
+    *sig = v[4] > 0;
+    sparse_sync(r);
     return NN_OK;
 }
 
@@ -1006,6 +1101,7 @@ static int setup_sparse(run *r) {
         long kk = k > 0 ? k : (sgd && r->c->size > 1 ? TRAINER_SYNC_EVERY : 1);
         if ((rc = trainer_sparse_init(&r->sp, &r->model, r->c->size, (int)kk)) < 0) return rc;
     }
+    r->local = r->sp.on && r->c->size > 1 && r->sp.sync_every > 1;
     if (k > 1 && !r->sp.on) {
         nn_set_error("--sync-every %ld needs row-sparse updates, and %s", k,
                      want ? "this model's gradients are dense" : "--sparse 0 turns them off");
@@ -1295,31 +1391,41 @@ int trainer_train(const comm *c, int argc, char **argv) {
     }
     nn_stats win = {0};
     int stop = 0, preempted = 0, signalled = 0;
-    int64_t last_saved = -1;
+    int64_t last_saved = -1, last_agreed = r.ts.step;
     while (r.ts.step < r.total_steps && !stop) {
         nn_stats st;
-        rc = train_step(&r, &st);
-        if (rc < 0) break;
-        r.ts.step++;
+        int sig = 0;
+        if (r.local) {
+            /* each rank trains its own share; what follows runs at agreements only */
+            rc = r.deferred_rc < 0 ? r.deferred_rc : train_step(&r, &st);
+            r.ts.step++;
+            local_account(&r, rc, &st);
+            if (!local_agree_due(&r)) continue;
+            if ((rc = local_agree(&r, &st, &sig)) < 0) break;
+        } else {
+            rc = train_step(&r, &st);
+            if (rc < 0) break;
+            r.ts.step++;
+            sig = comm_any(r.c, stop_signal != 0);
+        }
+        const int64_t steps = r.ts.step - last_agreed; /* steps these statistics cover */
         if (rc == 0) {
-            r.ts.examples_seen += r.batch_size;
+            r.ts.examples_seen += r.batch_size * steps;
             r.ts.tokens_seen += (int64_t)st.count;
             r.ts.data_pos = r.ts.step * r.batch_size;
             r.ts.epoch = r.ts.data_pos / r.data.train.n;
             win.loss += st.loss;
             win.count += st.count;
-            seen += (double)r.batch_size;
+            seen += (double)(r.batch_size * steps);
         }
         rc = NN_OK;
-        if (r.sp.on && r.ts.step % r.sp.sync_every == 0) sparse_sync(&r);
-        if (r.c->rank == 0 && (r.ts.step % r.log_every == 0 || r.ts.step == r.total_steps)) {
+        int log_due = r.ts.step / r.log_every != last_agreed / r.log_every;
+        last_agreed = r.ts.step;
+        if (r.c->rank == 0 && (log_due || r.ts.step == r.total_steps)) {
             progress(&r, &win, t_start, first, seen, trainer_lr(&r.opt, r.ts.step - 1));
             memset(&win, 0, sizeof win);
         }
-        int end_of_epoch = r.eval_every == 0 && r.ts.step % r.steps_per_epoch == 0;
-        int due_eval = r.data.has_valid &&
-                       ((r.eval_every > 0 && r.ts.step % r.eval_every == 0) || end_of_epoch ||
-                        r.ts.step == r.total_steps);
+        int due_eval = eval_due(&r);
         int improved = 0;
         if (due_eval) {
             double metric;
@@ -1342,7 +1448,6 @@ int trainer_train(const comm *c, int argc, char **argv) {
         }
         if (r.stop_after > 0 && r.ts.step - first >= r.stop_after && r.ts.step < r.total_steps)
             stop = preempted = 1;
-        int sig = comm_any(r.c, stop_signal != 0);
         if (sig && r.ts.step < r.total_steps) {
             stop = preempted = signalled = 1;
             if (r.c->rank == 0)
@@ -1375,6 +1480,9 @@ int trainer_train(const comm *c, int argc, char **argv) {
         if (r.c->size > 1)
             printf("; rank 0 waited %.1f s for gradient reduction (%.1f %% of the run)", r.comm_wait,
                    100.0 * r.comm_wait / (wall + 1e-9));
+        if (r.sp.syncs > 0)
+            printf("; %lld syncs of parameter changes took %.1f s", (long long)r.sp.syncs,
+                   r.sp.sync_seconds);
         printf("\n");
     }
     run_free(&r);
