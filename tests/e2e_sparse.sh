@@ -2,7 +2,7 @@
 # e2e_sparse.sh LOCKSTEP BUILD_DIR - the row-sparse training path (trainer/sparse.c) and
 # local SGD (--sync-every), end to end, with skip-gram on tests/data/prose_small.
 #  1. 1 rank, plain SGD: the sparse path (touched rows only) gives the parameters of the
-#     dense path (--sparse 0) after 60 steps (within 1e-6 relative);
+#     dense path (--sparse-updates 0) after 60 steps (within 1e-6 relative);
 #  2. 2 ranks, --sync-every 1 (touched rows' gradients summed every step) = 1 rank within
 #     1e-4 relative (float sums in another order);
 #  3. 2 ranks, --sync-every 10 (each rank applies its own share, changes summed every 10
@@ -12,9 +12,9 @@
 #  4. resume: stopped with --stop-after and resumed with --resume auto equals the
 #     uninterrupted run bit for bit, on 1 rank and on 2 ranks with --sync-every 10 (the
 #     stop waits for the next sync point);
-#  5. lazy Adam (--sparse 1 --optimizer adam) trains;
+#  5. lazy Adam (--sparse-updates 1 --optimizer adam) trains;
 #  6. conflicts are one-line errors: --sync-every 10 with --deterministic, --zero 1 or
-#     adam; --sparse 1 with --deterministic; --sync-every 0.
+#     adam; --sparse-updates 1 with --deterministic; --sync-every 0.
 set -uo pipefail
 LOCKSTEP=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +41,7 @@ train() { # ranks, out, args...
 losses() { grep -o '^step [0-9]*/[0-9]*  loss [0-9.]*' "$1" | awk '{print $NF}'; }
 
 # 1. sparse = dense on 1 rank
-train 1 "$TMP/dense" --steps 60 --sparse 0
+train 1 "$TMP/dense" --steps 60 --sparse-updates 0
 train 1 "$TMP/sparse" --steps 60
 grep -q "sparse updates (touched rows only) of input/weight output/weight" "$TMP/sparse.log" &&
     ! grep -q "sparse updates" "$TMP/dense.log" && ok "banner names the sparse path (and only there)" ||
@@ -96,7 +96,7 @@ check "2 ranks --sync-every 10: 100 steps + resume = 240 steps" "${CMP[@]}" \
     "$TMP/k10/ckpt_00000240.h5" "$TMP/r2/ckpt_00000240.h5" --exact
 
 # 5. lazy Adam
-train 2 "$TMP/adam" --steps 120 --sparse 1 --optimizer adam --lr 0.01 &&
+train 2 "$TMP/adam" --steps 120 --sparse-updates 1 --optimizer adam --lr 0.01 &&
     first=$(losses "$TMP/adam.log" | head -1) last=$(losses "$TMP/adam.log" | tail -1) &&
     awk -v a="$first" -v b="$last" 'BEGIN{exit !(b < 0.9 * a)}' &&
     ok "lazy adam on 2 ranks: loss $first -> $last" || bad "lazy adam: loss ${first:-?} -> ${last:-?}"
@@ -115,7 +115,7 @@ refuse() { # expected message part, args...
 refuse "cannot be combined with --deterministic" --sync-every 10 --deterministic
 refuse "cannot be combined with --zero 1" --sync-every 10 --zero 1
 refuse "cannot be combined with --optimizer other than sgd" --sync-every 10 --optimizer adam
-refuse "--sparse 1 cannot be combined with --deterministic" --sparse 1 --deterministic
+refuse "--sparse-updates 1 cannot be combined with --deterministic" --sparse-updates 1 --deterministic
 refuse "--sync-every must be auto or a step count >= 1" --sync-every 0
 
 [ "$fails" = 0 ] && echo "e2e_sparse: all passed" || echo "e2e_sparse: $fails failed"

@@ -19,7 +19,7 @@
  *          of P ranks move the parameters as K global steps would (Hogwild-like: each
  *          rank's gradients see the others' updates only at syncs).
  *
- * Not here: the choice of path (train.c reads --sparse and --sync-every), MPI (comm/),
+ * Not here: the choice of path (train.c reads --sparse-updates and --sync-every), MPI (comm/),
  * the optimizer's arithmetic (optim.c). Allocates at init only. */
 #include <math.h>
 #include <stdlib.h>
@@ -43,6 +43,7 @@ void trainer_sparse_free(trainer_sparse *s) {
     free(s->flag_off);
     free(s->dirty);
     free(s->flags);
+    free(s->seen);
     free(s->pack);
     free(s->base);
     memset(s, 0, sizeof *s);
@@ -97,6 +98,7 @@ int trainer_sparse_init(trainer_sparse *s, nn_model *m, int ranks, int sync_ever
             if (R && !(s->rows_own[t] = malloc((size_t)R * sizeof *s->rows_own[t]))) goto nomem;
         }
         if (!(s->flags = malloc((nflags ? nflags : 1) * sizeof *s->flags)) ||
+            !(s->seen = calloc(nflags ? nflags : 1, 1)) ||
             !(s->pack = malloc((ps->total ? ps->total : 1) * sizeof *s->pack)))
             goto nomem;
         if (s->sync_every > 1) {
@@ -132,32 +134,70 @@ void trainer_sparse_begin(const trainer_sparse *s, nn_params *ps) {
         if (!s->kind[t]) memset(ps->grad + ps->p[t].offset, 0, ps->p[t].size * sizeof(float));
 }
 
-/* Flag vector of the row sets rows[t][0..n[t]) of every sparse parameter, summed over
- * ranks; then out[t] := the rows flagged anywhere, ascending. Returns the floats those
- * rows hold (for packing) plus the dense parameters' sizes. Collective. */
+/* Parameter whose rows hold flag index id. */
+static int param_of_flag_(const trainer_sparse *s, size_t id) {
+    int t = 0;
+    while (!(s->kind[t] && id >= s->flag_off[t] && id < s->flag_off[t + 1])) t++;
+    return t;
+}
+
+/* The union over ranks of the row sets rows[t][0..n[t]) of every sparse parameter into
+ * rows/n_rows (the same lists, in the same order, on every rank). Few rows (a step):
+ * every rank's row ids are gathered (slots of P x the largest count, exact as floats
+ * below 2^24); many (a sync): a per-row flag vector is summed. Returns the floats the
+ * union rows and the dense parameters hold (what pack_ packs). Collective. */
 static size_t union_rows_(trainer_sparse *s, const comm *c, const nn_params *ps,
                           const int32_t *const *rows, const int *n) {
-    memset(s->flags, 0, s->n_flags * sizeof *s->flags);
-    for (int t = 0; t < s->n; t++) {
-        if (!s->kind[t]) continue;
-        float *f = s->flags + s->flag_off[t];
-        for (int i = 0; i < n[t]; i++) f[rows[t][i]] = 1.0f;
-    }
-    comm_allreduce_sum_f32(c, s->flags, s->n_flags);
-    size_t floats = 0;
-    for (int t = 0; t < s->n; t++) {
-        if (!s->kind[t]) {
-            floats += ps->p[t].size;
-            continue;
+    const size_t P = (size_t)s->ranks;
+    size_t mine = 0;
+    for (int t = 0; t < s->n; t++)
+        if (s->kind[t]) {
+            mine += (size_t)n[t];
+            s->n_rows[t] = 0;
+            s->rows[t] = s->rows_own[t];
         }
-        const float *f = s->flags + s->flag_off[t];
-        int R = sparse_rows_(s, ps, t), k = 0;
-        for (int v = 0; v < R; v++)
-            if (f[v] != 0.0f) s->rows_own[t][k++] = v;
-        s->n_rows[t] = k;
-        s->rows[t] = s->rows_own[t];
-        floats += (size_t)k * (size_t)ps->p[t].shape[1];
+    double most = (double)mine;
+    comm_allreduce_max_f64(c, &most, 1);
+    const size_t cap = (size_t)most;
+    if (P * cap <= s->n_flags / 2 && s->n_flags < (1u << 24)) {
+        float *ids = s->flags + (size_t)c->rank * cap;
+        size_t k = 0;
+        for (int t = 0; t < s->n; t++)
+            if (s->kind[t])
+                for (int i = 0; i < n[t]; i++) ids[k++] = (float)(s->flag_off[t] + (size_t)rows[t][i]);
+        for (; k < cap; k++) ids[k] = -1.0f;
+        comm_allgather_f32(c, s->flags, P * cap);
+        for (size_t j = 0; j < P * cap; j++) {
+            if (s->flags[j] < 0) continue;
+            size_t id = (size_t)s->flags[j];
+            if (s->seen[id]) continue;
+            s->seen[id] = 1;
+            int t = param_of_flag_(s, id);
+            s->rows_own[t][s->n_rows[t]++] = (int32_t)(id - s->flag_off[t]);
+        }
+        for (int t = 0; t < s->n; t++)
+            if (s->kind[t])
+                for (int i = 0; i < s->n_rows[t]; i++) s->seen[s->flag_off[t] + (size_t)s->rows_own[t][i]] = 0;
+    } else {
+        memset(s->flags, 0, s->n_flags * sizeof *s->flags);
+        for (int t = 0; t < s->n; t++) {
+            if (!s->kind[t]) continue;
+            float *f = s->flags + s->flag_off[t];
+            for (int i = 0; i < n[t]; i++) f[rows[t][i]] = 1.0f;
+        }
+        comm_allreduce_sum_f32(c, s->flags, s->n_flags);
+        for (int t = 0; t < s->n; t++) {
+            if (!s->kind[t]) continue;
+            const float *f = s->flags + s->flag_off[t];
+            int R = sparse_rows_(s, ps, t), k = 0;
+            for (int v = 0; v < R; v++)
+                if (f[v] != 0.0f) s->rows_own[t][k++] = v;
+            s->n_rows[t] = k;
+        }
     }
+    size_t floats = 0;
+    for (int t = 0; t < s->n; t++)
+        floats += s->kind[t] ? (size_t)s->n_rows[t] * (size_t)ps->p[t].shape[1] : ps->p[t].size;
     return floats;
 }
 

@@ -101,7 +101,9 @@ typedef struct trainer_sparse {
     int32_t **rows_own;   /* (n) P > 1: union lists, R_t each */
     size_t *flag_off;     /* (n + 1) offsets of each parameter's rows in flags/dirty */
     size_t n_flags;       /* sum of R_t over sparse parameters */
-    float *flags;         /* (n_flags) P > 1: per-row flags summed over ranks */
+    float *flags;         /* (n_flags) P > 1: per-row flags summed over ranks, or the
+                             gathered row ids of every rank */
+    uint8_t *seen;        /* (n_flags) P > 1: scratch marks, all zero between calls */
     float *pack;          /* (total) P > 1: exchange buffer */
     /* K > 1 on P > 1 ranks */
     float *base;          /* (total) parameters at the last sync */
