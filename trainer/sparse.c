@@ -9,15 +9,19 @@
  *
  * Several ranks, two ways (--sync-every K):
  *   K = 1  every step the ranks sum the gradients of the UNION of their touched rows
- *          (one allreduce of a per-row flag vector, then one of the packed rows); every
- *          rank then applies the same summed gradient, as the dense path does.
+ *          (the ranks' row ids are gathered, then the packed rows summed in one
+ *          allreduce); every rank then applies the same summed gradient, as the dense
+ *          path does, and the result equals a 1-rank run up to float rounding.
  *   K > 1  local SGD: each rank applies its own share of every global step at once, and
  *          every K steps (and before every evaluation and checkpoint) the ranks add up
  *          their parameter changes since the previous sync: p := base + sum_r (p_r - base)
  *          over the union of the rows any rank changed (flags, then packed rows), then
  *          base := p. Summing (not averaging) keeps every update at full size, so K steps
  *          of P ranks move the parameters as K global steps would (Hogwild-like: each
- *          rank's gradients see the others' updates only at syncs).
+ *          rank's gradients see the others' updates only at syncs). The union of the
+ *          rows changed is found with a per-row flag vector summed over ranks; summing
+ *          the whole delta instead was slower (3.5 s vs 1.8-2.6 s of syncs per epoch of
+ *          the prose corpus, 2 ranks) for the same result.
  *
  * Not here: the choice of path (train.c reads --sparse-updates and --sync-every), MPI (comm/),
  * the optimizer's arithmetic (optim.c). Allocates at init only. */
@@ -332,23 +336,6 @@ void trainer_sparse_end(trainer_sparse *s, nn_model *m) {
 void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps) {
     if (!s->base || s->since_sync == 0) return;
     double t0 = trainer_now();
-    static int dense = -1;
-    if (dense < 0) dense = getenv("LOCKSTEP_SYNC_DENSE") != NULL;
-    if (dense) { /* MEASUREMENT ONLY */
-        for (size_t i = 0; i < ps->total; i++) s->pack[i] = ps->data[i] - s->base[i];
-        comm_allreduce_sum_f32(c, s->pack, ps->total);
-        for (size_t i = 0; i < ps->total; i++) s->base[i] = ps->data[i] = s->base[i] + s->pack[i];
-        for (int t = 0; t < s->n; t++) {
-            if (!s->kind[t]) continue;
-            uint8_t *d = s->dirty + s->flag_off[t];
-            for (int i = 0; i < s->n_dirty[t]; i++) d[s->dirty_rows[t][i]] = 0;
-            s->n_dirty[t] = 0;
-        }
-        s->since_sync = 0;
-        s->syncs++;
-        s->sync_seconds += trainer_now() - t0;
-        return;
-    }
     static double tf = 0, tr = 0, nfl = 0; static long cnt = 0;
     comm_barrier(c); double tb = trainer_now();
     size_t floats = union_rows_(s, c, ps, (const int32_t *const *)s->dirty_rows, s->n_dirty);

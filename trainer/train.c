@@ -1068,7 +1068,8 @@ static int read_settings(run *r) {
 /* The update path (after the model and the optimizer exist): row-sparse when the model
  * lists touched rows and --sparse-updates allows it (auto: plain SGD, where it is exact, without
  * --deterministic or --zero); and --sync-every K (auto, for sparse SGD on several ranks:
- * about TRAINER_SYNC_EXAMPLES examples between syncs, K = ceil(that / batch-size); else 1).
+ * about TRAINER_SYNC_EXAMPLES examples between syncs, K = ceil(that / batch-size), but at
+ * least 16 syncs per epoch on small data sets; else 1).
  * Why local SGD by default: on 2 shared cores, skip-gram (batch 8) ran at 4-5k windows/s
  * with K = 1 (a few collectives every step, each a rendezvous of both ranks) and at
  * 10-15k with K = 100, at the same analogy accuracy within seed noise (0.147-0.155 for
@@ -1102,10 +1103,14 @@ static int setup_sparse(run *r) {
     }
     int want = forced || (strcmp(mode, "auto") == 0 && sgd && !r->deterministic && !r->zero);
     if (want) {
-        long kk = k > 0 ? k
-                        : sgd && r->c->size > 1
-                            ? (TRAINER_SYNC_EXAMPLES + r->batch_size - 1) / r->batch_size
-                            : 1;
+        long kk = 1;
+        if (k > 0) {
+            kk = k;
+        } else if (sgd && r->c->size > 1) {
+            kk = (TRAINER_SYNC_EXAMPLES + r->batch_size - 1) / r->batch_size;
+            if (kk > r->steps_per_epoch / 16) kk = r->steps_per_epoch / 16;
+            if (kk < 1) kk = 1;
+        }
         if ((rc = trainer_sparse_init(&r->sp, &r->model, r->c->size, (int)kk)) < 0) return rc;
     }
     r->local = r->sp.on && r->c->size > 1 && r->sp.sync_every > 1;
