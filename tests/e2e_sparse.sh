@@ -102,12 +102,13 @@ train 2 "$TMP/adam" --steps 120 --sparse-updates 1 --optimizer adam --lr 0.01 &&
     ok "lazy adam on 2 ranks: loss $first -> $last" || bad "lazy adam: loss ${first:-?} -> ${last:-?}"
 
 # 6. conflicts
-refuse() { # expected message part, args...
+refuse() { # expected message part, args...: exit non-zero with ONE line from lockstep
     local want=$1; shift
-    if "$LOCKSTEP" train "${SG[@]}" --steps 5 --out "$TMP/err" "$@" > "$TMP/err.log" 2>&1; then
+    if mpirun -np 1 "$LOCKSTEP" train "${SG[@]}" --steps 5 --out "$TMP/err" "$@" > "$TMP/err.log" 2>&1; then
         bad "accepted: $*"
-    elif grep -q -- "$want" "$TMP/err.log" && [ "$(grep -c . "$TMP/err.log")" = 1 ]; then
-        ok "refused $*: $(cat "$TMP/err.log")"
+    elif grep -q -- "^lockstep: error: .*$want" "$TMP/err.log" &&
+        [ "$(grep -c '^lockstep' "$TMP/err.log")" = 1 ]; then
+        ok "refused $*: $(grep '^lockstep' "$TMP/err.log")"
     else
         bad "refused $* with: $(cat "$TMP/err.log")"
     fi
