@@ -8,6 +8,10 @@
  * are summed across ranks, clipped, and applied by an optimizer that runs identically
  * everywhere. Rank 0 alone prints, logs and writes checkpoints; every decision it makes
  * (stop, error) is agreed through a collective so no rank is left in a collective alone.
+ * Models that list the rows their gradients touch (skip-gram) take the row-sparse path of
+ * trainer/sparse.c instead: only those rows are exchanged, checked and updated, and with
+ * --sync-every K > 1 each rank applies its own share and the ranks agree (statistics,
+ * errors, stop requests, summed parameter changes) only every K steps.
  *
  * Not here: model internals (models/), MPI calls (comm/), HDF5 (io/). */
 #include <math.h>
