@@ -23,8 +23,8 @@
  *          the whole delta instead was slower (3.5 s vs 1.8-2.6 s of syncs per epoch of
  *          the prose corpus, 2 ranks) for the same result.
  *
- * Not here: the choice of path (train.c reads --sparse-updates and --sync-every), MPI (comm/),
- * the optimizer's arithmetic (optim.c). Allocates at init only. */
+ * Not here: the choice of path (train.c reads --sparse-updates and --sync-every), MPI
+ * (comm/), the optimizer's arithmetic (optim.c). Allocates at init only. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,7 +85,8 @@ int trainer_sparse_init(trainer_sparse *s, nn_model *m, int ranks, int sync_ever
     s->dirty_rows = calloc((size_t)s->n, sizeof *s->dirty_rows);
     s->n_dirty = calloc((size_t)s->n, sizeof *s->n_dirty);
     s->flag_off = calloc((size_t)s->n + 1, sizeof *s->flag_off);
-    if (!s->rows || !s->n_rows || !s->loc_rows || !s->loc_n || !s->rows_own || !s->dirty_rows || !s->n_dirty || !s->flag_off)
+    if (!s->rows || !s->n_rows || !s->loc_rows || !s->loc_n || !s->rows_own || !s->dirty_rows ||
+        !s->n_dirty || !s->flag_off)
         goto nomem;
     size_t nflags = 0;
     for (int t = 0; t < s->n; t++) {
@@ -168,7 +169,8 @@ static size_t union_rows_(trainer_sparse *s, const comm *c, const nn_params *ps,
         size_t k = 0;
         for (int t = 0; t < s->n; t++)
             if (s->kind[t])
-                for (int i = 0; i < n[t]; i++) ids[k++] = (float)(s->flag_off[t] + (size_t)rows[t][i]);
+                for (int i = 0; i < n[t]; i++)
+                    ids[k++] = (float)(s->flag_off[t] + (size_t)rows[t][i]);
         for (; k < cap; k++) ids[k] = -1.0f;
         comm_allgather_f32(c, s->flags, P * cap);
         for (size_t j = 0; j < P * cap; j++) {
@@ -181,7 +183,8 @@ static size_t union_rows_(trainer_sparse *s, const comm *c, const nn_params *ps,
         }
         for (int t = 0; t < s->n; t++)
             if (s->kind[t])
-                for (int i = 0; i < s->n_rows[t]; i++) s->seen[s->flag_off[t] + (size_t)s->rows_own[t][i]] = 0;
+                for (int i = 0; i < s->n_rows[t]; i++)
+                    s->seen[s->flag_off[t] + (size_t)s->rows_own[t][i]] = 0;
     } else {
         memset(s->flags, 0, s->n_flags * sizeof *s->flags);
         for (int t = 0; t < s->n; t++) {
@@ -336,12 +339,7 @@ void trainer_sparse_end(trainer_sparse *s, nn_model *m) {
 void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps) {
     if (!s->base || s->since_sync == 0) return;
     double t0 = trainer_now();
-    static double tf = 0, tr = 0, nfl = 0; static long cnt = 0;
-    comm_barrier(c); double tb = trainer_now();
     size_t floats = union_rows_(s, c, ps, (const int32_t *const *)s->dirty_rows, s->n_dirty);
-    tf += trainer_now() - tb; nfl += floats; cnt++;
-    if (cnt % 50 == 0 && c->rank == 0) fprintf(stderr, "barrier+wait %.2f flags %.3f rest %.3f avg floats %.0f\n", tb - t0, tf, tr, nfl / cnt);
-    tb = trainer_now();
     /* delta := p - base on the union rows; sum over ranks; p := base + sum =: base */
     pack_(s, ps, ps->data, s->pack);
     size_t o = 0;
@@ -363,15 +361,16 @@ void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps) {
     for (int t = 0; t < s->n; t++) {
         const nn_param *p = &ps->p[t];
         if (!s->kind[t]) {
-            for (size_t j = 0; j < p->size; j++)
-                s->base[p->offset + j] = ps->data[p->offset + j] = s->base[p->offset + j] + s->pack[o + j];
+            float *w = ps->data + p->offset, *b = s->base + p->offset;
+            for (size_t j = 0; j < p->size; j++) b[j] = w[j] = b[j] + s->pack[o + j];
             o += p->size;
             continue;
         }
         const size_t C = (size_t)p->shape[1];
         for (int i = 0; i < s->n_rows[t]; i++, o += C) {
             size_t at = p->offset + (size_t)s->rows[t][i] * C;
-            for (size_t j = 0; j < C; j++) s->base[at + j] = ps->data[at + j] = s->base[at + j] + s->pack[o + j];
+            float *w = ps->data + at, *b = s->base + at;
+            for (size_t j = 0; j < C; j++) b[j] = w[j] = b[j] + s->pack[o + j];
         }
     }
     for (int t = 0; t < s->n; t++) {
@@ -383,6 +382,5 @@ void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps) {
     }
     s->since_sync = 0;
     s->syncs++;
-    tr += trainer_now() - tb;
     s->sync_seconds += trainer_now() - t0;
 }

@@ -1070,8 +1070,8 @@ static int read_settings(run *r) {
 }
 
 /* The update path (after the model and the optimizer exist): row-sparse when the model
- * lists touched rows and --sparse-updates allows it (auto: plain SGD, where it is exact, without
- * --deterministic or --zero); and --sync-every K (auto, for sparse SGD on several ranks:
+ * lists touched rows and --sparse-updates allows it (auto: plain SGD, where it is exact,
+ * without --deterministic or --zero); and --sync-every K (auto, for sparse SGD on several ranks:
  * about TRAINER_SYNC_EXAMPLES examples between syncs, K = ceil(that / batch-size), but at
  * least 16 syncs per epoch on small data sets; else 1).
  * Why local SGD by default: on 2 shared cores, skip-gram (batch 8) ran at 4-5k windows/s
@@ -1083,7 +1083,8 @@ static int setup_sparse(run *r) {
     const char *mode, *se = nn_config_get(&r->cfg, "sync-every");
     long k = 0; /* 0: auto */
     int rc;
-    if ((rc = nn_config_choice(&r->cfg, "sparse-updates", "auto", "auto|1|0", &mode)) < 0) return rc;
+    if ((rc = nn_config_choice(&r->cfg, "sparse-updates", "auto", "auto|1|0", &mode)) < 0)
+        return rc;
     if (se && strcmp(se, "auto") != 0) {
         if ((rc = nn_config_int(&r->cfg, "sync-every", 1, &k)) < 0) return rc;
         if (k < 1) {
@@ -1093,16 +1094,20 @@ static int setup_sparse(run *r) {
     }
     const int sgd = r->opt.kind == OPT_SGD, forced = strcmp(mode, "1") == 0;
     if (forced && (r->deterministic || r->zero)) {
-        nn_set_error("--sparse-updates 1 cannot be combined with --%s (it reduces whole gradients); "
-                     "use --sparse-updates auto or 0", r->deterministic ? "deterministic" : "zero 1");
+        nn_set_error("--sparse-updates 1 cannot be combined with --%s (it reduces whole "
+                     "gradients); use --sparse-updates auto or 0",
+                     r->deterministic ? "deterministic" : "zero 1");
         return NN_ERR_CONFIG;
     }
     if (k > 1 && (r->deterministic || r->zero || !sgd)) {
+        const char *what = r->deterministic ? "--deterministic"
+                           : r->zero        ? "--zero 1"
+                                            : "--optimizer other than sgd";
+        const char *why = r->deterministic ? ", so results would depend on the rank count"
+                          : r->zero        ? " to state it does not hold"
+                                           : " to optimizer state that would differ between ranks";
         nn_set_error("--sync-every %ld cannot be combined with %s (each rank would apply its own "
-                     "updates%s); use --sync-every 1",
-                     k, r->deterministic ? "--deterministic" : r->zero ? "--zero 1" : "--optimizer other than sgd",
-                     r->deterministic ? ", so results would depend on the rank count"
-                     : r->zero ? " to state it does not hold" : " to optimizer state that would differ between ranks");
+                     "updates%s); use --sync-every 1", k, what, why);
         return NN_ERR_CONFIG;
     }
     int want = forced || (strcmp(mode, "auto") == 0 && sgd && !r->deterministic && !r->zero);
@@ -1120,7 +1125,8 @@ static int setup_sparse(run *r) {
     r->local = r->sp.on && r->c->size > 1 && r->sp.sync_every > 1;
     if (k > 1 && !r->sp.on) {
         nn_set_error("--sync-every %ld needs row-sparse updates, and %s", k,
-                     want ? "this model's gradients are dense" : "--sparse-updates 0 turns them off");
+                     want ? "this model's gradients are dense"
+                          : "--sparse-updates 0 turns them off");
         return NN_ERR_CONFIG;
     }
     return NN_OK;
