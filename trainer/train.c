@@ -1071,14 +1071,15 @@ static int read_settings(run *r) {
 
 /* The update path (after the model and the optimizer exist): row-sparse when the model
  * lists touched rows and --sparse-updates allows it (auto: plain SGD, where it is exact,
- * without --deterministic or --zero); and --sync-every K (auto, for sparse SGD on several ranks:
- * about TRAINER_SYNC_EXAMPLES examples between syncs, K = ceil(that / batch-size), but at
- * least 16 syncs per epoch on small data sets; else 1).
- * Why local SGD by default: on 2 shared cores, skip-gram (batch 8) ran at 4-5k windows/s
- * with K = 1 (a few collectives every step, each a rendezvous of both ranks) and at
- * 10-15k with K = 100, at the same analogy accuracy within seed noise (0.147-0.155 for
- * both 1 and 2 ranks, batch 4, K 100-400). Conflicts are one-line errors. */
-#define TRAINER_SYNC_EXAMPLES 1024
+ * without --deterministic or --zero); and --sync-every K (auto, for sparse SGD on several
+ * ranks: about TRAINER_SYNC_EXAMPLES examples between syncs, K = ceil(that / batch-size),
+ * but at least 16 syncs per epoch on small data sets; else 1).
+ * Why local SGD by default, and why 256 examples: one epoch of the prose corpus (skip-gram,
+ * batch 4 windows of 64, 2 ranks on 2 shared cores, seeds 1-3): K = 1 (a few collectives
+ * every step, each a rendezvous of both ranks) ran at 750-790k words/s with the 1-rank
+ * analogy accuracy (median 0.150); K = 64 at 960k words/s, median 0.150 (0.1499-0.1531);
+ * K = 256 at 1.10-1.23M words/s but 0.005 lower on every seed (median 0.1445). */
+#define TRAINER_SYNC_EXAMPLES 256
 static int setup_sparse(run *r) {
     const char *mode, *se = nn_config_get(&r->cfg, "sync-every");
     long k = 0; /* 0: auto */
