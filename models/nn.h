@@ -288,6 +288,16 @@ typedef struct nn_model_ops {
      * NN_ERR_UNSUPPORTED past the last panel. */
     int (*visualize)(nn_model *m, const nn_batch *b, int panel, float *img, int *h, int *w,
                      const char **name);
+    /* Optional, for models whose gradients are row-sparse (embeddings): the rows of the 2-D
+     * parameter param_index that forward_backward gave gradient since the last
+     * touched_clear, each once, in any order; *rows points into the model (valid until
+     * the next forward_backward or touched_clear). Every row NOT listed has had its
+     * gradient left exactly as it was. Returns the count, or -1 (*rows NULL) for
+     * "dense": the parameter must be treated as wholly touched (1-D tensors, dense
+     * output layers). Lets the trainer zero, reduce and update only those rows.
+     * touched_clear must be set with touched_rows; after it every count is 0. */
+    int (*touched_rows)(nn_model *m, int param_index, const int32_t **rows);
+    void (*touched_clear)(nn_model *m);
 } nn_model_ops;
 
 struct nn_model {

@@ -60,8 +60,9 @@ int nn_skipgram_pairs(const nn_model *m, const int32_t *x, int T, uint64_t step,
  * in forward_backward since the last nn_skipgram_touched_clear, each once, in first-touch
  * order; returns the count and points *rows into the model (valid until the next call of
  * forward_backward or clear). Returns -1 (*rows NULL) for the output of the full softmax,
- * whose gradient is dense. The prototype of an optional nn_model_ops.touched_rows that
- * would let a trainer zero, reduce and update only these rows (see scripts/bench-word2vec). */
+ * whose gradient is dense. The skipgram model's nn_model_ops.touched_rows (parameter
+ * index = which) and touched_clear, through which the trainer zeroes, reduces and
+ * updates only these rows. */
 int nn_skipgram_touched(const nn_model *m, int which, const int32_t **rows);
 void nn_skipgram_touched_clear(nn_model *m);
 /* The unigram^0.75 table (n entries of ids) and the keep probability of id. */

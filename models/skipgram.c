@@ -12,7 +12,8 @@
  *
  * It does not apply updates itself (no Hogwild), read files or build vocabularies; the
  * unigram table and keep probabilities come from dims.vocab_counts at build time.
- * forward_backward and evaluate allocate nothing. */
+ * forward_backward and evaluate allocate nothing. It lists the rows it gave gradient
+ * (nn_model_ops.touched_rows) so the trainer can zero, reduce and update only those. */
 #include "models/nn.h"
 #include "models/nn_math.h"
 
@@ -507,6 +508,13 @@ void nn_skipgram_touched_clear(nn_model *m) {
     }
 }
 
+/* nn_model_ops.touched_rows: parameter 0 is input/weight, 1 output/weight (the order of
+ * registration in sg_build_). */
+static int sg_touched_rows_(nn_model *m, int param_index, const int32_t **rows) {
+    NN_ASSERT(param_index >= 0 && param_index < m->params.n);
+    return nn_skipgram_touched(m, param_index, rows);
+}
+
 const int32_t *nn_skipgram_table(const nn_model *m, int *n) {
     NN_ASSERT(m->ops == &nn_skipgram_ops);
     const sg *w = m->impl;
@@ -532,4 +540,6 @@ const nn_model_ops nn_skipgram_ops = {
     .free = sg_free_,
     .forward_backward = sg_forward_backward_,
     .evaluate = sg_evaluate_,
+    .touched_rows = sg_touched_rows_,
+    .touched_clear = nn_skipgram_touched_clear,
 };

@@ -4,13 +4,16 @@
  * computation; sparse gradients; keyed determinism of subsampling, dynamic windows and
  * negatives; the unigram^0.75 table; word2vec's keep probability; a synthetic corpus on
  * which words sharing contexts end up closer; logistic-regression gradients and losses
- * against a dense (materialised feature vector) reference; configuration errors.
+ * against a dense (materialised feature vector) reference; configuration errors; the
+ * touched_rows op over several micro-batches, and the row-restricted optimizer step the
+ * trainer drives with it (exact for SGD, lazy for Adam).
  * Every gradient check also verifies that a sign-flipped gradient FAILS it. */
 #include <check.h>
 #include <math.h>
 #include <string.h>
 
 #include "models/nn.h"
+#include "trainer/trainer.h"
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
@@ -548,6 +551,142 @@ START_TEST(test_logreg_errors) {
 }
 END_TEST
 
+/* Two micro-batches without a clear: ops->touched_rows lists, each once, exactly the rows
+ * with gradient after both; the full softmax's output is dense (-1); touched_clear
+ * empties the lists. */
+static void check_touched_op(const char *loss) {
+    enum { V = 14, T = 10, B = 3 };
+    int64_t counts[V] = {0, 0, 0, 0, 50, 40, 30, 20, 10, 9, 8, 7, 6, 5};
+    nn_model m;
+    sg_make(&m, V, counts, B, T, loss, 0, 6, 3, "0", 4, 5);
+    nn_params *ps = &m.params;
+    fill_normal(ps->data, ps->total, 0.5f, 43);
+    ck_assert_ptr_nonnull(m.ops->touched_rows);
+    ck_assert_ptr_nonnull(m.ops->touched_clear);
+    nn_params_zero_grad(ps);
+    static const int32_t x1[B * T] = {4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 0, 0, 0, 0, 0,
+                                      0, 0, 0, 0, 0, 8, 9, 8, 9, 8, 9, 0, 0, 0, 0};
+    static const int32_t x2[B * T] = {10, 11, 12, 10, 11, 12, 4, 0, 0, 0, 13, 4, 13, 4, 13,
+                                      4, 13, 4, 0, 0, 1, 2, 3, 1, 2, 3, 0, 0, 0, 0};
+    static const int64_t idx[B] = {5, 6, 7};
+    nn_stats st = {0};
+    nn_batch b1 = {.B = B, .T = T, .x = x1, .index = idx, .step = 1};
+    nn_batch b2 = {.B = B, .T = T, .x = x2, .index = idx, .step = 2};
+    ck_assert_int_eq(m.ops->forward_backward(&m, &b1, 1.0f, &st), NN_OK);
+    ck_assert_int_eq(m.ops->forward_backward(&m, &b2, 1.0f, &st), NN_OK);
+    int seen_second = 0;
+    for (int t = 0; t < 2; t++) {
+        const int32_t *rows = NULL;
+        int n = m.ops->touched_rows(&m, t, &rows);
+        if (t == 1 && strcmp(loss, "softmax") == 0) {
+            ck_assert_int_eq(n, -1);
+            ck_assert_ptr_null(rows);
+            continue;
+        }
+        ck_assert_int_gt(n, 0);
+        const float *g = ps->grad + ps->p[t].offset;
+        for (int v = 0; v < V; v++) {
+            int listed = 0, nz = 0;
+            for (int i = 0; i < n; i++) listed += rows[i] == v;
+            for (int d = 0; d < 6; d++) nz |= g[v * 6 + d] != 0.0f;
+            ck_assert_int_le(listed, 1);
+            ck_assert_msg(listed == nz, "%s %s row %d: listed %d, gradient %s", loss,
+                          ps->p[t].name, v, listed, nz ? "nonzero" : "zero");
+            if (t == 0 && v >= 10 && listed) seen_second = 1; /* rows only batch 2 has */
+        }
+    }
+    ck_assert_msg(seen_second, "rows of the second micro-batch are listed too");
+    m.ops->touched_clear(&m);
+    const int32_t *rows;
+    ck_assert_int_eq(m.ops->touched_rows(&m, 0, &rows), 0);
+    if (strcmp(loss, "softmax") != 0) ck_assert_int_eq(m.ops->touched_rows(&m, 1, &rows), 0);
+    nn_model_free(&m);
+}
+
+START_TEST(test_touched_rows_op_lists_rows_with_gradient) {
+    check_touched_op("neg");
+    check_touched_op("softmax");
+}
+END_TEST
+
+/* trainer_optim_step_sparse on a (6, 3) table (rows 1 and 4 have gradient) and a dense
+ * bias: SGD equals the dense step bit for bit; lazy Adam equals dense Adam on rows with
+ * gradient at every step, leaves a row without gradient (and its state) alone where
+ * dense Adam still moves it, and never touches rows that never had gradient. */
+static void opt_make(nn_params *ps, float **W, float **dW, float **b, float **db) {
+    memset(ps, 0, sizeof *ps);
+    int sw[2] = {6, 3}, sb[1] = {3};
+    ck_assert_int_ge(nn_params_add(ps, "emb", 2, sw, NN_INIT_NORMAL, 1.0f, W, dW), 0);
+    ck_assert_int_ge(nn_params_add(ps, "bias", 1, sb, NN_INIT_NORMAL, 1.0f, b, db), 0);
+    ck_assert_int_eq(nn_params_alloc(ps, 5), NN_OK);
+}
+
+START_TEST(test_sparse_optimizer_step) {
+    const char *kinds[2] = {"sgd", "adam"};
+    for (int k = 0; k < 2; k++) {
+        nn_config cfg = {0};
+        nn_config_set(&cfg, "optimizer", kinds[k]);
+        nn_config_set(&cfg, "lr", "0.1");
+        nn_params dense, sparse;
+        float *W[2], *dW[2], *b[2], *db[2];
+        opt_make(&dense, &W[0], &dW[0], &b[0], &db[0]);
+        opt_make(&sparse, &W[1], &dW[1], &b[1], &db[1]);
+        trainer_optim od, os;
+        ck_assert_int_eq(trainer_optim_init(&od, &cfg, dense.total, 10), NN_OK);
+        ck_assert_int_eq(trainer_optim_init(&os, &cfg, sparse.total, 10), NN_OK);
+        float before[18], after0[18];
+        memcpy(before, W[0], sizeof before);
+        static const int32_t rows0[2] = {1, 4}, rows1[1] = {1};
+        for (int step = 0; step < 3; step++) {
+            /* step 0: rows 1 and 4; later steps: row 1 only */
+            const int32_t *rows = step == 0 ? rows0 : rows1;
+            int nr = step == 0 ? 2 : 1;
+            for (int i = 0; i < 2; i++) {
+                nn_params_zero_grad(i ? &sparse : &dense);
+                for (int r = 0; r < nr; r++)
+                    for (int c = 0; c < 3; c++)
+                        dW[i][rows[r] * 3 + c] = 0.5f * (float)(1 + step + r) - 0.3f * (float)c;
+                for (int c = 0; c < 3; c++) db[i][c] = 0.2f * (float)(c - step);
+            }
+            trainer_optim_step(&od, &dense, step, 0.1);
+            const int32_t *lists[2] = {rows, NULL};
+            int counts[2] = {nr, -1};
+            trainer_optim_step_sparse(&os, &sparse, step, 0.1, lists, counts);
+            /* the dense bias and the rows with gradient: the same bits */
+            ck_assert(memcmp(b[0], b[1], 3 * sizeof(float)) == 0);
+            for (int r = 0; r < nr; r++)
+                ck_assert(memcmp(W[0] + rows[r] * 3, W[1] + rows[r] * 3, 3 * sizeof(float)) == 0);
+            if (step == 0) memcpy(after0, W[1], sizeof after0);
+        }
+        for (int r = 0; r < 6; r++) {
+            int dense_moves = memcmp(W[0] + r * 3, before + r * 3, 3 * sizeof(float)) != 0;
+            int sparse_moves = memcmp(W[1] + r * 3, before + r * 3, 3 * sizeof(float)) != 0;
+            if (r == 1) {
+                ck_assert(dense_moves && sparse_moves);
+            } else if (r == 4) {
+                /* gradient at step 0 only: SGD is exact; dense Adam keeps moving it on its
+                 * momentum, lazy Adam does not (its state stays as step 0 left it) */
+                if (k == 0) {
+                    ck_assert(memcmp(W[0] + 12, W[1] + 12, 3 * sizeof(float)) == 0);
+                } else {
+                    ck_assert(memcmp(W[1] + 12, after0 + 12, 3 * sizeof(float)) == 0);
+                    ck_assert(memcmp(W[0] + 12, W[1] + 12, 3 * sizeof(float)) != 0);
+                    ck_assert(memcmp(os.m + 12, od.m + 12, 3 * sizeof(float)) != 0);
+                }
+            } else {
+                ck_assert_msg(!dense_moves && !sparse_moves, "%s: row %d never had gradient",
+                              kinds[k], r);
+            }
+        }
+        trainer_optim_free(&od);
+        trainer_optim_free(&os);
+        nn_params_free(&dense);
+        nn_params_free(&sparse);
+        nn_config_free(&cfg);
+    }
+}
+END_TEST
+
 static Suite *skipgram_suite(void) {
     Suite *s = suite_create("skipgram");
     struct { const char *name; const TTest *t; } cases[] = {
@@ -560,6 +699,8 @@ static Suite *skipgram_suite(void) {
         {"model", test_unigram_table_follows_count_to_the_three_quarters},
         {"model", test_words_sharing_contexts_end_up_closer},
         {"model", test_skipgram_errors},
+        {"model", test_touched_rows_op_lists_rows_with_gradient},
+        {"sparse", test_sparse_optimizer_step},
         {"logreg", test_logreg_gradients_and_losses},
         {"logreg", test_logreg_errors},
     };

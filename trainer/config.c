@@ -37,6 +37,8 @@ const nn_key trainer_keys[] = {
     {"threads", "0", "OpenBLAS threads per rank (0: OPENBLAS_NUM_THREADS, else cores / ranks on this node)"},
     {"deterministic", "0", "bit-identical results on any rank count (fixed-point reduction)"},
     {"zero", "0", "0|1: 1 shards optimizer state over ranks (ZeRO stage 1)"},
+    {"sparse-updates", "auto", "auto|1|0: models listing touched rows (skipgram) zero, clip and update only those (auto: with sgd; 1: also momentum/adam/adamw, lazily: untouched rows' state is not decayed)"},
+    {"sync-every", "auto", "sparse updates on several ranks: each rank applies its own share of each step and the ranks add up their changes every N steps and before each evaluation and checkpoint (1: sum touched rows' gradients every step; auto: ceil(256 / batch-size) steps, at most 1/16 epoch, with sgd)"},
     {"bucket-mb", "4", "gradient buckets of this many MiB reduced during backward (0: one allreduce after it)"},
     {"eval-every", "0", "evaluate every N steps (0: at the end of each epoch and run)"},
     {"eval-batches", "0", "validation batches per evaluation (0: the whole set)"},

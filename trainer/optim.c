@@ -1,5 +1,7 @@
 /* optim.c - optimizers (SGD, momentum, Adam, AdamW), learning-rate schedules and global
- * gradient-norm clipping, as single loops over the flat parameter buffer.
+ * gradient-norm clipping, as single loops over the flat parameter buffer, or over the
+ * listed rows of row-sparse parameters (trainer_optim_step_sparse: exact for SGD, "lazy"
+ * for the others: the state of rows without gradient is not decayed, as TF's LazyAdam).
  *
  * Every rank runs the same update on the same averaged gradients, so replicas stay
  * identical without communication. State (m, v) mirrors the parameter layout and is
@@ -103,16 +105,56 @@ double trainer_lr(const trainer_optim *o, int64_t step) {
     }
 }
 
-void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr) {
-    const float flr = (float)lr;
-    const float b1 = (float)o->beta1, b2 = (float)o->beta2, eps = (float)o->eps;
-    const float bc1 = (float)(1.0 - pow(o->beta1, (double)(step + 1)));
-    const float bc2 = (float)(1.0 - pow(o->beta2, (double)(step + 1)));
+/* What one update needs besides the buffers, computed once per step. */
+typedef struct upd_ {
+    int kind;
+    float lr, b1, b2, eps, step_size, sqrt_bc2, mom;
+} upd_;
+
+static upd_ upd_make_(const trainer_optim *o, int64_t step, double lr) {
+    upd_ k;
+    k.kind = o->kind;
+    k.lr = (float)lr;
+    k.b1 = (float)o->beta1;
+    k.b2 = (float)o->beta2;
+    k.eps = (float)o->eps;
     /* Adam with the bias corrections folded into the step size and epsilon, as in
      * Kingma & Ba, Algorithm 1's efficient form. */
-    const float step_size = flr / bc1;
-    const float sqrt_bc2 = sqrtf(bc2);
-    const float mom = (float)o->momentum;
+    k.step_size = k.lr / (float)(1.0 - pow(o->beta1, (double)(step + 1)));
+    k.sqrt_bc2 = sqrtf((float)(1.0 - pow(o->beta2, (double)(step + 1))));
+    k.mom = (float)o->momentum;
+    return k;
+}
+
+/* Updates n consecutive floats: weights w, gradients g, state m and v (NULL when the
+ * optimizer has none). decay: lr * weight_decay for AdamW matrices, else 0. */
+static inline void upd_range_(const upd_ *k, float *restrict w, const float *restrict g,
+                              float *restrict m, float *restrict v, size_t n, float decay) {
+    const float flr = k->lr;
+    switch (k->kind) {
+    case OPT_SGD:
+        for (size_t i = 0; i < n; i++) w[i] -= flr * g[i];
+        break;
+    case OPT_MOMENTUM:
+        for (size_t i = 0; i < n; i++) {
+            m[i] = k->mom * m[i] + g[i];
+            w[i] -= flr * m[i];
+        }
+        break;
+    case OPT_ADAM:
+    case OPT_ADAMW:
+        for (size_t i = 0; i < n; i++) {
+            m[i] = k->b1 * m[i] + (1.0f - k->b1) * g[i];
+            v[i] = k->b2 * v[i] + (1.0f - k->b2) * g[i] * g[i];
+            float denom = sqrtf(v[i]) / k->sqrt_bc2 + k->eps;
+            w[i] -= k->step_size * m[i] / denom + decay * w[i];
+        }
+        break;
+    }
+}
+
+void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr) {
+    const upd_ k = upd_make_(o, step, lr);
     for (int t = 0; t < ps->n; t++) {
         const nn_param *p = &ps->p[t];
         if (p->frozen) continue;
@@ -120,31 +162,31 @@ void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr
         size_t a = p->offset > o->lo ? p->offset : o->lo;
         size_t b = p->offset + p->size < o->hi ? p->offset + p->size : o->hi;
         if (a >= b) continue;
-        float *w = ps->data + a;
-        const float *g = ps->grad + a;
-        const size_t n = b - a;
-        float *m = o->m ? o->m + (a - o->lo) : NULL;
-        float *v = o->v ? o->v + (a - o->lo) : NULL;
         const float decay = p->decay ? (float)(lr * o->weight_decay) : 0.0f;
-        switch (o->kind) {
-        case OPT_SGD:
-            for (size_t i = 0; i < n; i++) w[i] -= flr * g[i];
-            break;
-        case OPT_MOMENTUM:
-            for (size_t i = 0; i < n; i++) {
-                m[i] = mom * m[i] + g[i];
-                w[i] -= flr * m[i];
-            }
-            break;
-        case OPT_ADAM:
-        case OPT_ADAMW:
-            for (size_t i = 0; i < n; i++) {
-                m[i] = b1 * m[i] + (1.0f - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
-                float denom = sqrtf(v[i]) / sqrt_bc2 + eps;
-                w[i] -= step_size * m[i] / denom + decay * w[i];
-            }
-            break;
+        upd_range_(&k, ps->data + a, ps->grad + a, o->m ? o->m + (a - o->lo) : NULL,
+                   o->v ? o->v + (a - o->lo) : NULL, b - a, decay);
+    }
+}
+
+void trainer_optim_step_sparse(trainer_optim *o, nn_params *ps, int64_t step, double lr,
+                               const int32_t *const *rows, const int *n_rows) {
+    NN_ASSERT(o->lo == 0 && o->hi == o->n);
+    const upd_ k = upd_make_(o, step, lr);
+    for (int t = 0; t < ps->n; t++) {
+        const nn_param *p = &ps->p[t];
+        if (p->frozen) continue;
+        const float decay = p->decay ? (float)(lr * o->weight_decay) : 0.0f;
+        float *m = o->m ? o->m + p->offset : NULL, *v = o->v ? o->v + p->offset : NULL;
+        if (n_rows[t] < 0) {
+            upd_range_(&k, ps->data + p->offset, ps->grad + p->offset, m, v, p->size, decay);
+            continue;
+        }
+        NN_ASSERT(p->ndim == 2);
+        const size_t C = (size_t)p->shape[1];
+        for (int i = 0; i < n_rows[t]; i++) {
+            size_t at = (size_t)rows[t][i] * C;
+            upd_range_(&k, ps->data + p->offset + at, ps->grad + p->offset + at,
+                       m ? m + at : NULL, v ? v + at : NULL, C, decay);
         }
     }
 }

@@ -8,6 +8,10 @@
  * are summed across ranks, clipped, and applied by an optimizer that runs identically
  * everywhere. Rank 0 alone prints, logs and writes checkpoints; every decision it makes
  * (stop, error) is agreed through a collective so no rank is left in a collective alone.
+ * Models that list the rows their gradients touch (skip-gram) take the row-sparse path of
+ * trainer/sparse.c instead: only those rows are exchanged, checked and updated, and with
+ * --sync-every K > 1 each rank applies its own share and the ranks agree (statistics,
+ * errors, stop requests, summed parameter changes) only every K steps.
  *
  * Not here: model internals (models/), MPI calls (comm/), HDF5 (io/). */
 #include <math.h>
@@ -75,6 +79,11 @@ typedef struct run {
     size_t zlo, zhi;
     float *zgrad;           /* (zhi - zlo) reduce-scatter target */
     comm_buckets buckets;   /* overlapped gradient reduction (bucket-mb > 0, P > 1) */
+    trainer_sparse sp;      /* row-sparse updates and local SGD (sp.on), trainer/sparse.c */
+    int local;              /* --sync-every K > 1 on P > 1 ranks: each rank applies its own
+                               share of a step; the ranks agree only at sync points */
+    nn_stats lwin;          /* local: this rank's statistics since the last agreement */
+    int deferred_rc;        /* local: this rank's first error since the last agreement */
     int use_buckets;
     double bucket_mb;
     double comm_wait;       /* seconds spent waiting for gradient reduction (this window) */
@@ -140,6 +149,14 @@ static int example_at(run *r, int64_t pos, int64_t *ex) {
 }
 
 /* ---- checkpoints ----------------------------------------------------------------------- */
+
+/* Collective. With --sync-every K > 1 on several ranks: adds up the ranks' parameter
+ * changes since the last sync (trainer/sparse.c); otherwise nothing. */
+static void sparse_sync(run *r) {
+    double t0 = trainer_now();
+    trainer_sparse_sync(&r->sp, r->c, &r->model.params);
+    r->comm_wait += trainer_now() - t0;
+}
 
 static void metrics_append(run *r, const char *line) {
     size_t len = strlen(line);
@@ -222,8 +239,41 @@ static int write_ckpt(run *r, const char *path, const char *const *slot_names, f
 
 /* Collective. Rank 0 writes ckpt_<step>.h5 (and best.h5 when asked), prunes old ones; the
  * outcome is agreed. */
+/* Sum over i of bits(p[i]) * (2i + 1) mod 2^64: any change of any one value changes it.
+ * tests/e2e_sparse.sh recomputes it from the checkpoint. */
+static uint64_t params_checksum(const nn_params *ps) {
+    uint64_t h = 0;
+    for (size_t i = 0; i < ps->total; i++) {
+        uint32_t w;
+        memcpy(&w, ps->data + i, sizeof w);
+        h += (uint64_t)w * (2 * (uint64_t)i + 1);
+    }
+    return h;
+}
+
+/* Collective, sparse path on several ranks: checks that every rank holds the parameters
+ * rank 0 is about to save (they apply updates, or sum changes, independently). */
+static int check_replicas(run *r) {
+    if (!r->sp.on || r->c->size == 1) return NN_OK;
+    uint64_t h = params_checksum(&r->model.params);
+    double hi = (double)(h >> 32), lo = (double)(h & 0xffffffffu);
+    double v[4] = {hi, lo, -hi, -lo};
+    comm_allreduce_max_f64(r->c, v, 4);
+    if (v[0] != -v[2] || v[1] != -v[3]) {
+        nn_set_error("step %lld: the ranks hold different parameters (a bug in the sparse "
+                     "path); not checkpointing", (long long)r->ts.step);
+        return NN_ERR_NUMERIC;
+    }
+    if (r->c->rank == 0)
+        printf("lockstep: step %lld: parameters identical on %d ranks (checksum %016llx)\n",
+               (long long)r->ts.step, r->c->size, (unsigned long long)h);
+    return NN_OK;
+}
+
 static int save(run *r, int best) {
-    int rc = NN_OK;
+    sparse_sync(r); /* with local updates: every rank holds the same parameters to save */
+    int rc = check_replicas(r);
+    if (rc < 0) return rc;
     const char *slot_names[2];
     float *slots[2];
     int ns = full_slots(r, slot_names, slots);
@@ -300,6 +350,7 @@ static int load(run *r, const char *path) {
         if (r->opt.v) comm_bcast_params(r->c, r->opt.v, ps->total);
     }
     comm_bcast_bytes(r->c, &r->ts, sizeof r->ts, 0);
+    trainer_sparse_rebase(&r->sp, ps);
     return NN_OK;
 }
 
@@ -432,6 +483,7 @@ static void format_stats(const run *r, const nn_stats *st, char *txt, size_t tn,
 
 /* Collective. Evaluates one split, logs it on rank 0, returns the metric. */
 static int eval_and_log(run *r, const trainer_split *s, const char *name, double *metric) {
+    sparse_sync(r); /* evaluate the parameters every rank agrees on */
     nn_stats st;
     int rc = evaluate_split(r, s, &st);
     if (rc < 0) return rc;
@@ -470,6 +522,121 @@ static void on_grad_ready(void *ctx, size_t lo) {
     comm_buckets_progress(&r->buckets);
 }
 
+/* A non-finite loss or gradient (bad: the tensor index, -1 for the loss or when another
+ * rank found it): 1 to skip the step (--on-nan skip, with a warning) or NN_ERR_NUMERIC. */
+static int on_nonfinite(run *r, int bad, int grad_bad, double loss) {
+    char what[300];
+    if (bad >= 0)
+        snprintf(what, sizeof what, "gradient of %s", r->model.params.p[bad].name);
+    else
+        snprintf(what, sizeof what, grad_bad ? "gradient (on another rank)" : "loss");
+    if (r->skip_nan) {
+        if (r->local) /* only this rank knows: it skips its own share */
+            fprintf(stderr, "lockstep: warning: rank %d, step %lld: non-finite %s; the rank's "
+                    "share of the step skipped\n", r->c->rank, (long long)r->ts.step, what);
+        else if (r->c->rank == 0)
+            fprintf(stderr, "lockstep: warning: step %lld: non-finite %s; step skipped\n",
+                    (long long)r->ts.step, what);
+        return 1;
+    }
+    nn_set_error("step %lld: non-finite %s (loss %g); stopping without a checkpoint "
+                 "(--on-nan skip skips such steps)",
+                 (long long)r->ts.step, what, loss);
+    return NN_ERR_NUMERIC;
+}
+
+/* The rest of a step on the row-sparse path, after every local micro-batch (local_rc:
+ * their status): only the touched rows are exchanged (K = 1), checked, clipped and
+ * updated. Collective, except in local mode (r->local): then each rank checks, clips (by
+ * its own share's norm) and applies its own share, and the caller defers errors and
+ * statistics to the next agreement (local_agree). */
+static int sparse_step(run *r, const nn_stats *st, int local_rc, nn_stats *out) {
+    nn_params *ps = &r->model.params;
+    trainer_sparse *sp = &r->sp;
+    if (r->local) {
+        if (local_rc < 0) return local_rc;
+    } else if (comm_any(r->c, local_rc < 0)) {
+        if (local_rc == NN_OK) nn_set_error("a training step failed on another rank");
+        return local_rc < 0 ? local_rc : NN_ERR_DATA;
+    }
+    double t_wait = trainer_now();
+    trainer_sparse_gather(sp, &r->model, r->c);
+    r->comm_wait += trainer_now() - t_wait;
+    double ss = trainer_sparse_sumsq(sp, ps);
+    *out = *st;
+    if (!r->local) {
+        double v[3] = {st->loss, st->count, st->correct};
+        comm_allreduce_sum_f64(r->c, v, 3);
+        out->loss = v[0];
+        out->count = v[1];
+        out->correct = v[2];
+    }
+    if (!isfinite(out->loss) || !isfinite(ss)) {
+        int bad = isfinite(ss) ? -1 : trainer_sparse_nonfinite(sp, ps);
+        int rc = on_nonfinite(r, bad, !isfinite(ss), out->loss);
+        trainer_sparse_end(sp, &r->model); /* skipped: the gradient rows are zeroed */
+        return rc;
+    }
+    if (r->clip > 0) trainer_sparse_scale(sp, ps, sqrt(ss), r->clip);
+    trainer_sparse_update(sp, &r->opt, ps, r->ts.step, trainer_lr(&r->opt, r->ts.step));
+    trainer_sparse_end(sp, &r->model);
+    return NN_OK;
+}
+
+/* ---- local mode: agreement at sync points -------------------------------------------- */
+
+/* Collective only through the callers: whether step r->ts.step (just taken) evaluates. */
+static int eval_due(const run *r) {
+    const int64_t s = r->ts.step;
+    int end_of_epoch = r->eval_every == 0 && s % r->steps_per_epoch == 0;
+    return r->data.has_valid &&
+           ((r->eval_every > 0 && s % r->eval_every == 0) || end_of_epoch || s == r->total_steps);
+}
+
+/* Local mode: the steps after which the ranks agree and sync: every K-th, the last, and
+ * every step that evaluates or checkpoints on schedule. The same on every rank. A stop
+ * (--stop-after, a signal) waits for the next of them, so it falls where an
+ * uninterrupted run syncs too and a resumed run continues it bit for bit. */
+static int local_agree_due(const run *r) {
+    const int64_t s = r->ts.step;
+    return s % r->sp.sync_every == 0 || s == r->total_steps || eval_due(r) ||
+           (r->ckpt_every > 0 && s % r->ckpt_every == 0);
+}
+
+/* Local mode, after each step: keeps what the rank will report at the next agreement. */
+static void local_account(run *r, int rc, const nn_stats *st) {
+    if (rc < 0) {
+        if (r->deferred_rc == NN_OK) r->deferred_rc = rc;
+    } else if (rc == 0) {
+        r->lwin.loss += st->loss;
+        r->lwin.count += st->count;
+        r->lwin.correct += st->correct;
+    }
+}
+
+/* Collective, local mode. One reduction agrees on everything the ranks kept to themselves
+ * since the last agreement (errors, stop signals, the statistics of the steps trained:
+ * into *st), then the parameter changes are summed (trainer_sparse_sync). */
+static int local_agree(run *r, nn_stats *st, int *sig) {
+    double v[5] = {r->lwin.loss, r->lwin.count, r->lwin.correct, r->deferred_rc < 0,
+                   stop_signal != 0};
+    double t0 = trainer_now();
+    comm_allreduce_sum_f64(r->c, v, 5);
+    r->comm_wait += trainer_now() - t0;
+    memset(&r->lwin, 0, sizeof r->lwin);
+    if (v[3] > 0) {
+        if (r->deferred_rc == NN_OK) nn_set_error("a training step failed on another rank");
+        return r->deferred_rc < 0 ? r->deferred_rc : NN_ERR_DATA;
+    }
+    memset(st, 0, sizeof *st);
+    st->loss = v[0];
+    st->count = v[1];
+    st->correct = v[2];
+    *sig = v[4] > 0;
+    sparse_sync(r);
+    return NN_OK;
+}
+
 /* Collective. Returns NN_OK, a negative status, or 1 when the step was skipped (NaN). */
 static int train_step(run *r, nn_stats *out) {
     const int64_t G = r->batch_size, m = r->micro;
@@ -490,7 +657,10 @@ static int train_step(run *r, nn_stats *out) {
     if (rc < 0) return rc;
     const float scale = count > 0 ? (float)(1.0 / count) : 0.0f;
 
-    nn_params_zero_grad(ps);
+    if (r->sp.on)
+        trainer_sparse_begin(&r->sp, ps); /* the rows of the last step are zero already */
+    else
+        nn_params_zero_grad(ps);
     nn_stats st = {0};
     int fixed_bad = 0;
     for (size_t k = lo; k < hi && rc == NN_OK; k++) {
@@ -512,6 +682,7 @@ static int train_step(run *r, nn_stats *out) {
             nn_params_zero_grad(ps);
         }
     }
+    if (r->sp.on) return sparse_step(r, &st, rc, out);
     double t_wait = trainer_now();
     if (r->use_buckets) {
         /* a rank with no micro-batch (more ranks than micro-batches) starts all here */
@@ -556,23 +727,7 @@ static int train_step(run *r, nn_stats *out) {
         comm_allreduce_max_f64(r->c, &b, 1);
         bad = (int)b;
     }
-    if (!isfinite(out->loss) || bad >= 0) {
-        char what[300];
-        if (bad >= 0)
-            snprintf(what, sizeof what, "gradient of %s", ps->p[bad].name);
-        else
-            snprintf(what, sizeof what, "loss");
-        if (r->skip_nan) {
-            if (r->c->rank == 0)
-                fprintf(stderr, "lockstep: warning: step %lld: non-finite %s; step skipped\n",
-                        (long long)r->ts.step, what);
-            return 1;
-        }
-        nn_set_error("step %lld: non-finite %s (loss %g); stopping without a checkpoint "
-                     "(--on-nan skip skips such steps)",
-                     (long long)r->ts.step, what, out->loss);
-        return NN_ERR_NUMERIC;
-    }
+    if (!isfinite(out->loss) || bad >= 0) return on_nonfinite(r, bad, bad >= 0, out->loss);
     if (r->clip > 0) {
         if (r->zero) comm_allreduce_sum_f64(r->c, &ss, 1);
         trainer_scale_grads(ps, r->zlo, r->zhi, sqrt(ss), r->clip);
@@ -914,6 +1069,70 @@ static int read_settings(run *r) {
     return NN_OK;
 }
 
+/* The update path (after the model and the optimizer exist): row-sparse when the model
+ * lists touched rows and --sparse-updates allows it (auto: plain SGD, where it is exact,
+ * without --deterministic or --zero); and --sync-every K (auto, for sparse SGD on several
+ * ranks: about TRAINER_SYNC_EXAMPLES examples between syncs, K = ceil(that / batch-size),
+ * but at least 16 syncs per epoch on small data sets; else 1).
+ * Why local SGD by default, and why 256 examples: one epoch of the prose corpus (skip-gram,
+ * batch 4 windows of 64, 2 ranks on 2 shared cores, seeds 1-3): K = 1 (a few collectives
+ * every step, each a rendezvous of both ranks) ran at 750-790k words/s with the 1-rank
+ * analogy accuracy (median 0.150); K = 64 at 960k words/s, median 0.150 (0.1499-0.1531);
+ * K = 256 at 1.10-1.23M words/s but 0.005 lower on every seed (median 0.1445). */
+#define TRAINER_SYNC_EXAMPLES 256
+static int setup_sparse(run *r) {
+    const char *mode, *se = nn_config_get(&r->cfg, "sync-every");
+    long k = 0; /* 0: auto */
+    int rc;
+    if ((rc = nn_config_choice(&r->cfg, "sparse-updates", "auto", "auto|1|0", &mode)) < 0)
+        return rc;
+    if (se && strcmp(se, "auto") != 0) {
+        if ((rc = nn_config_int(&r->cfg, "sync-every", 1, &k)) < 0) return rc;
+        if (k < 1) {
+            nn_set_error("--sync-every must be auto or a step count >= 1, got %ld", k);
+            return NN_ERR_CONFIG;
+        }
+    }
+    const int sgd = r->opt.kind == OPT_SGD, forced = strcmp(mode, "1") == 0;
+    if (forced && (r->deterministic || r->zero)) {
+        nn_set_error("--sparse-updates 1 cannot be combined with --%s (it reduces whole "
+                     "gradients); use --sparse-updates auto or 0",
+                     r->deterministic ? "deterministic" : "zero 1");
+        return NN_ERR_CONFIG;
+    }
+    if (k > 1 && (r->deterministic || r->zero || !sgd)) {
+        const char *what = r->deterministic ? "--deterministic"
+                           : r->zero        ? "--zero 1"
+                                            : "--optimizer other than sgd";
+        const char *why = r->deterministic ? ", so results would depend on the rank count"
+                          : r->zero        ? " to state it does not hold"
+                                           : " to optimizer state that would differ between ranks";
+        nn_set_error("--sync-every %ld cannot be combined with %s (each rank would apply its own "
+                     "updates%s); use --sync-every 1", k, what, why);
+        return NN_ERR_CONFIG;
+    }
+    int want = forced || (strcmp(mode, "auto") == 0 && sgd && !r->deterministic && !r->zero);
+    if (want) {
+        long kk = 1;
+        if (k > 0) {
+            kk = k;
+        } else if (sgd && r->c->size > 1) {
+            kk = (TRAINER_SYNC_EXAMPLES + r->batch_size - 1) / r->batch_size;
+            if (kk > r->steps_per_epoch / 16) kk = r->steps_per_epoch / 16;
+            if (kk < 1) kk = 1;
+        }
+        if ((rc = trainer_sparse_init(&r->sp, &r->model, r->c->size, (int)kk)) < 0) return rc;
+    }
+    r->local = r->sp.on && r->c->size > 1 && r->sp.sync_every > 1;
+    if (k > 1 && !r->sp.on) {
+        nn_set_error("--sync-every %ld needs row-sparse updates, and %s", k,
+                     want ? "this model's gradients are dense"
+                          : "--sparse-updates 0 turns them off");
+        return NN_ERR_CONFIG;
+    }
+    return NN_OK;
+}
+
 static void print_banner(run *r) {
     if (r->c->rank != 0) return;
     printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, %s\n", r->ops->name,
@@ -929,6 +1148,18 @@ static void print_banner(run *r) {
     if (r->data.dims.classes) printf(", %d classes", r->data.dims.classes);
     printf("\nlockstep: %lld steps of %ld examples (micro-batch %ld), run directory %s\n",
            (long long)r->total_steps, r->batch_size, r->micro, r->out);
+    if (r->sp.on) {
+        printf("lockstep: sparse updates (touched rows only) of");
+        for (int t = 0; t < r->sp.n; t++)
+            if (r->sp.kind[t]) printf(" %s", r->model.params.p[t].name);
+        if (r->c->size == 1)
+            printf("\n");
+        else if (r->sp.sync_every == 1)
+            printf("; ranks sum the touched rows' gradients every step\n");
+        else
+            printf("; ranks apply their own updates and add up their changes every %d steps\n",
+                   r->sp.sync_every);
+    }
     fflush(stdout);
 }
 
@@ -976,6 +1207,7 @@ static void run_free(run *r) {
     free(r->slots);
     free(r->acc);
     comm_buckets_free(&r->buckets);
+    trainer_sparse_free(&r->sp);
     free(r->zgrad);
     free(r->hyp);
     free(r->hyp_txt);
@@ -1119,7 +1351,9 @@ static int setup(run *r, int argc, char **argv, int for_eval) {
         r->ref_txt = malloc(r->txt_cap);
         if (!r->hyp || !r->hyp_txt || !r->ref_txt) return NN_ERR_NOMEM;
     }
-    r->use_buckets = r->c->size > 1 && !r->deterministic && !r->zero && r->bucket_mb > 0;
+    if ((rc = setup_sparse(r)) < 0) return rc;
+    r->use_buckets = r->c->size > 1 && !r->deterministic && !r->zero && r->bucket_mb > 0 &&
+                     !r->sp.on;
     if (r->use_buckets &&
         comm_buckets_init(&r->buckets, r->c, r->model.params.grad, r->model.params.total,
                           (size_t)(r->bucket_mb * 1048576.0)) < 0) {
@@ -1180,30 +1414,41 @@ int trainer_train(const comm *c, int argc, char **argv) {
     }
     nn_stats win = {0};
     int stop = 0, preempted = 0, signalled = 0;
-    int64_t last_saved = -1;
+    int64_t last_saved = -1, last_agreed = r.ts.step;
     while (r.ts.step < r.total_steps && !stop) {
         nn_stats st;
-        rc = train_step(&r, &st);
-        if (rc < 0) break;
-        r.ts.step++;
+        int sig = 0;
+        if (r.local) {
+            /* each rank trains its own share; what follows runs at agreements only */
+            rc = r.deferred_rc < 0 ? r.deferred_rc : train_step(&r, &st);
+            r.ts.step++;
+            local_account(&r, rc, &st);
+            if (!local_agree_due(&r)) continue;
+            if ((rc = local_agree(&r, &st, &sig)) < 0) break;
+        } else {
+            rc = train_step(&r, &st);
+            if (rc < 0) break;
+            r.ts.step++;
+            sig = comm_any(r.c, stop_signal != 0);
+        }
+        const int64_t steps = r.ts.step - last_agreed; /* steps these statistics cover */
         if (rc == 0) {
-            r.ts.examples_seen += r.batch_size;
+            r.ts.examples_seen += r.batch_size * steps;
             r.ts.tokens_seen += (int64_t)st.count;
             r.ts.data_pos = r.ts.step * r.batch_size;
             r.ts.epoch = r.ts.data_pos / r.data.train.n;
             win.loss += st.loss;
             win.count += st.count;
-            seen += (double)r.batch_size;
+            seen += (double)(r.batch_size * steps);
         }
         rc = NN_OK;
-        if (r.c->rank == 0 && (r.ts.step % r.log_every == 0 || r.ts.step == r.total_steps)) {
+        int log_due = r.ts.step / r.log_every != last_agreed / r.log_every;
+        last_agreed = r.ts.step;
+        if (r.c->rank == 0 && (log_due || r.ts.step == r.total_steps)) {
             progress(&r, &win, t_start, first, seen, trainer_lr(&r.opt, r.ts.step - 1));
             memset(&win, 0, sizeof win);
         }
-        int end_of_epoch = r.eval_every == 0 && r.ts.step % r.steps_per_epoch == 0;
-        int due_eval = r.data.has_valid &&
-                       ((r.eval_every > 0 && r.ts.step % r.eval_every == 0) || end_of_epoch ||
-                        r.ts.step == r.total_steps);
+        int due_eval = eval_due(&r);
         int improved = 0;
         if (due_eval) {
             double metric;
@@ -1226,7 +1471,6 @@ int trainer_train(const comm *c, int argc, char **argv) {
         }
         if (r.stop_after > 0 && r.ts.step - first >= r.stop_after && r.ts.step < r.total_steps)
             stop = preempted = 1;
-        int sig = comm_any(r.c, stop_signal != 0);
         if (sig && r.ts.step < r.total_steps) {
             stop = preempted = signalled = 1;
             if (r.c->rank == 0)
@@ -1263,6 +1507,9 @@ int trainer_train(const comm *c, int argc, char **argv) {
             printf("; %llu of %llu gradient buckets reduced during backward",
                    (unsigned long long)r.buckets.started_early,
                    (unsigned long long)(r.buckets.steps * r.buckets.count));
+        if (r.sp.syncs > 0)
+            printf("; %lld syncs of parameter changes took %.1f s", (long long)r.sp.syncs,
+                   r.sp.sync_seconds);
         printf("\n");
     }
     run_free(&r);

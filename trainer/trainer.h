@@ -60,6 +60,14 @@ double trainer_lr(const trainer_optim *o, int64_t step);
 /* One update of every non-frozen parameter inside [o->lo, o->hi) with the gradients in
  * ps->grad (already averaged). step is 0-based (Adam bias correction uses step + 1). */
 void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr);
+/* The same update restricted to rows: for parameter t with n_rows[t] >= 0 only rows
+ * rows[t][0..n_rows[t]) of the (R, C) tensor are updated; n_rows[t] < 0 updates the whole
+ * tensor. Plain SGD gives exactly what trainer_optim_step gives when the other rows have
+ * zero gradient. Momentum, Adam and AdamW become LAZY (TF's LazyAdam, PyTorch's
+ * SparseAdam): rows without gradient keep their state undecayed and get no weight decay;
+ * the bias correction still uses the global step. Needs the whole buffer (no ZeRO slice). */
+void trainer_optim_step_sparse(trainer_optim *o, nn_params *ps, int64_t step, double lr,
+                               const int32_t *const *rows, const int *n_rows);
 /* Slots as (name, buffer) for checkpoints. Returns the count (0..2). */
 int trainer_optim_slots(const trainer_optim *o, const char **names, float **bufs);
 /* Sum of squared gradients over [lo, hi) (double accumulation). */
@@ -70,6 +78,69 @@ void trainer_scale_grads(nn_params *ps, size_t lo, size_t hi, double norm, doubl
 double trainer_grad_norm(const nn_params *ps);
 /* Scales gradients so their global norm is at most max_norm; returns the norm before. */
 double trainer_clip_grads(nn_params *ps, double max_norm);
+
+/* ---- row-sparse steps and local SGD (trainer/sparse.c) ------------------------------ */
+/* For models with nn_model_ops.touched_rows. A step with the sparse path:
+ *     trainer_sparse_begin        zero the gradients of the dense parameters
+ *     forward_backward ...        (the model lists the rows it touched)
+ *     trainer_sparse_gather       rows of this step; K = 1 on P > 1 ranks: sum gradients
+ *                                 over the union of the ranks' rows (collective)
+ *     trainer_sparse_sumsq / _nonfinite / _scale / _update   on the listed rows only
+ *     trainer_sparse_end          zero those gradient rows again, clear the model's lists
+ * and with K > 1 on P > 1 ranks, trainer_sparse_sync every K steps and before every
+ * evaluation and checkpoint. Between steps every gradient is zero. */
+typedef struct trainer_sparse {
+    int on;               /* 1: the model has row-sparse parameters and this path is used */
+    int n;                /* parameters in the registry */
+    int ranks, sync_every;/* P, K */
+    int *kind;            /* (n) 1: row-sparse (rows listed), 0: dense */
+    const int32_t **rows; /* (n) the rows of this step (NULL for dense) */
+    int *n_rows;          /* (n) their count; -1 for dense parameters */
+    const int32_t **loc_rows; /* (n) this rank's own rows as the model lists them */
+    int *loc_n;
+    int32_t **rows_own;   /* (n) P > 1: union lists, R_t each */
+    size_t *flag_off;     /* (n + 1) offsets of each parameter's rows in flags/dirty */
+    size_t n_flags;       /* sum of R_t over sparse parameters */
+    float *flags;         /* (n_flags) P > 1: per-row flags summed over ranks, or the
+                             gathered row ids of every rank */
+    uint8_t *seen;        /* (n_flags) P > 1: scratch marks, all zero between calls */
+    float *pack;          /* (total) P > 1: exchange buffer */
+    /* K > 1 on P > 1 ranks */
+    float *base;          /* (total) parameters at the last sync */
+    uint8_t *dirty;       /* (n_flags) row changed on this rank since the last sync */
+    int32_t **dirty_rows; /* (n) the same rows as lists */
+    int *n_dirty;
+    int64_t since_sync;   /* steps since the last sync */
+    int64_t syncs;        /* counters for the final log line */
+    double sync_seconds;
+} trainer_sparse;
+
+/* Returns 1 and sets s->on when the model lists touched rows for at least one 2-D
+ * parameter (and zeroes all gradients), 0 when it has none (s zeroed), or NN_ERR_NOMEM.
+ * ranks: P; sync_every: K (>= 1). With K > 1 and P > 1 the current parameters become the
+ * base of the first sync. */
+int trainer_sparse_init(trainer_sparse *s, nn_model *m, int ranks, int sync_every);
+void trainer_sparse_free(trainer_sparse *s); /* zero-safe, idempotent */
+/* The parameters as they are now are the state all ranks share (after a load). */
+void trainer_sparse_rebase(trainer_sparse *s, const nn_params *ps);
+void trainer_sparse_begin(const trainer_sparse *s, nn_params *ps);
+/* Collective when P > 1 and K == 1 (then the rows are the union over ranks and their
+ * gradients the sums); otherwise local. */
+void trainer_sparse_gather(trainer_sparse *s, nn_model *m, const comm *c);
+/* Sum of squares of the listed gradients (row sums in float, total in double). */
+double trainer_sparse_sumsq(const trainer_sparse *s, const nn_params *ps);
+/* Index of the first parameter with a non-finite listed gradient, or -1. */
+int trainer_sparse_nonfinite(const trainer_sparse *s, const nn_params *ps);
+/* Listed gradients *= max_norm / norm when norm > max_norm > 0. */
+void trainer_sparse_scale(const trainer_sparse *s, nn_params *ps, double norm, double max_norm);
+/* trainer_optim_step_sparse on the listed rows (exact for SGD, lazy for the others). */
+void trainer_sparse_update(const trainer_sparse *s, trainer_optim *o, nn_params *ps,
+                           int64_t step, double lr);
+void trainer_sparse_end(trainer_sparse *s, nn_model *m);
+/* Collective (K > 1, P > 1; otherwise a no-op, as when nothing changed since the last
+ * sync): parameters := base + sum over ranks of (parameters - base), base := parameters,
+ * over the rows any rank changed and the dense parameters. Identical on every rank after. */
+void trainer_sparse_sync(trainer_sparse *s, const comm *c, nn_params *ps);
 
 /* ---- data (trainer/data.c) ----------------------------------------------------------- */
 /* One split of a data set, in a form every kind shares: examples 0..n-1. */
