@@ -13,30 +13,18 @@
 #include <string.h>
 
 #include "models/nn.h"
+#include "tests/testutil.h"
 #include "trainer/trainer.h"
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
 static void fill_normal(float *x, size_t n, float scale, uint64_t key) {
-    nn_rng r = nn_rng_make(999, key, 0, NN_RNG_USER);
-    for (size_t i = 0; i < n; i++) x[i] = scale * nn_rng_normal(&r);
+    tu_fill_normal(x, n, scale, 999, key);
 }
 
 static void check_grad(double (*f)(void *), void *ctx, float *x, const float *g, size_t n,
                        float h, double tol, const char *what) {
-    double err = nn_gradcheck(f, ctx, x, g, n, h, 300);
-    if (getenv("NN_TEST_VERBOSE")) fprintf(stderr, "%-40s error %.2e (tol %.0e)\n", what, err, tol);
-    ck_assert_msg(err < tol, "%s: gradient check error %g >= %g", what, err, tol);
-    float *neg = malloc(n * sizeof *neg);
-    double gmax = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        neg[i] = -g[i];
-        if (fabs(g[i]) > gmax) gmax = fabs(g[i]);
-    }
-    ck_assert_msg(gmax > 1e-2, "%s: gradient is (nearly) zero: %g", what, gmax);
-    double bad = nn_gradcheck(f, ctx, x, neg, n, h, 300);
-    ck_assert_msg(bad > 0.5, "%s: flipped gradient passed (error %g)", what, bad);
-    free(neg);
+    tu_check_grad(f, ctx, x, g, n, h, tol, 300, 1e-2, 0, what);
 }
 
 static double softplus_d(double s) { return s > 0 ? s + log1p(exp(-s)) : log1p(exp(s)); }

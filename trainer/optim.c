@@ -68,8 +68,11 @@ int trainer_optim_init_slice(trainer_optim *o, const nn_config *cfg, size_t n, s
     o->hi = hi;
     size_t k = hi - lo;
     int slots = o->kind == OPT_SGD ? 0 : o->kind == OPT_MOMENTUM ? 1 : 2;
-    if (slots >= 1 && !(o->m = calloc(k ? k : 1, sizeof *o->m))) goto nomem;
-    if (slots >= 2 && !(o->v = calloc(k ? k : 1, sizeof *o->v))) goto nomem;
+    /* state is streamed through every step like the parameters: huge-page backed */
+    if (slots >= 1 && !(o->m = nn_alloc_big((k ? k : 1) * sizeof *o->m))) goto nomem;
+    if (slots >= 2 && !(o->v = nn_alloc_big((k ? k : 1) * sizeof *o->v))) goto nomem;
+    if (o->m) memset(o->m, 0, (k ? k : 1) * sizeof *o->m);
+    if (o->v) memset(o->v, 0, (k ? k : 1) * sizeof *o->v);
     return NN_OK;
 nomem:
     trainer_optim_free(o);
