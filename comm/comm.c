@@ -155,6 +155,16 @@ int comm_any(const comm *c, int flag) {
     return v;
 }
 
+int comm_single_node(const comm *c) {
+    MPI_Comm node;
+    int n = 0;
+    COMM_CHECK(MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL,
+                                   &node));
+    COMM_CHECK(MPI_Comm_size(node, &n));
+    COMM_CHECK(MPI_Comm_free(&node));
+    return !comm_any(c, n != c->size);
+}
+
 void comm_allreduce_grads(const comm *c, float *grads, size_t n, float scale) {
     comm_allreduce_sum_f32(c, grads, n);
     if (scale != 1.0f)

@@ -47,6 +47,9 @@ void comm_allreduce_max_f64(const comm *c, double *buf, size_t n);
 /* Collective: a value every rank agrees on: the maximum of the flags given (e.g. "any rank
  * wants to stop"). */
 int comm_any(const comm *c, int flag);
+/* Collective. 1 when every rank shares one node's memory (MPI_COMM_TYPE_SHARED), else 0;
+ * the same answer on every rank. */
+int comm_single_node(const comm *c);
 
 /* Collective. The gradient exchange: grads[0..n) := SUM over ranks * scale, in place.
  * The trainer passes scale = 1 when the model already scaled by 1/global count. */

@@ -109,6 +109,18 @@ START_TEST(test_allreduce_f64_sum_and_max_are_exact) {
 }
 END_TEST
 
+/* mpirun starts every rank of this test on this one machine; a world split into halves
+ * by a fake "node" is not testable without a cluster, so only the single-node answer is
+ * checked, and that every rank gets it (the call is collective). */
+START_TEST(test_single_node_is_true_on_one_machine_on_every_rank) {
+    int v = comm_single_node(&C);
+    ck_assert_int_eq(v, 1);
+    int all = v;
+    MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    ck_assert_int_eq(all, 1);
+}
+END_TEST
+
 START_TEST(test_allreduce_grads_sums_then_scales) {
     const size_t n = 333;
     float g[333];
@@ -431,6 +443,7 @@ static Suite *comm_suite(void) {
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_barrier_returns_and_world_matches_mpi);
     tcase_add_test(tc, test_bcast_params_makes_every_rank_hold_rank0_values);
+    tcase_add_test(tc, test_single_node_is_true_on_one_machine_on_every_rank);
     tcase_add_test(tc, test_bcast_bytes_copies_from_a_nonzero_root_across_chunks);
     tcase_add_test(tc, test_allreduce_sum_f32_is_exact_for_odd_sizes_empty_and_small_chunks);
     tcase_add_test(tc, test_allreduce_f64_sum_and_max_are_exact);

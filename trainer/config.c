@@ -39,7 +39,7 @@ const nn_key trainer_keys[] = {
     {"zero", "0", "0|1: 1 shards optimizer state over ranks (ZeRO stage 1)"},
     {"sparse-updates", "auto", "auto|1|0: models listing touched rows (skipgram) zero, clip and update only those (auto: with sgd; 1: also momentum/adam/adamw, lazily: untouched rows' state is not decayed)"},
     {"sync-every", "auto", "sparse updates on several ranks: each rank applies its own share of each step and the ranks add up their changes every N steps and before each evaluation and checkpoint (1: sum touched rows' gradients every step; auto: ceil(256 / batch-size) steps, at most 1/16 epoch, with sgd)"},
-    {"bucket-mb", "4", "gradient buckets of this many MiB reduced during backward (0: one allreduce after it)"},
+    {"bucket-mb", "auto", "gradient buckets of this many MiB reduced during backward (0: one allreduce after it; auto: 4 across nodes, 0 within one node, where it measured faster)"},
     {"eval-every", "0", "evaluate every N steps (0: at the end of each epoch and run)"},
     {"eval-batches", "0", "validation batches per evaluation (0: the whole set)"},
     {"ckpt-every", "0", "checkpoint every N steps (0: only at the end)"},

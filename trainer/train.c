@@ -1019,7 +1019,7 @@ static int read_settings(run *r) {
         (rc = nn_config_bool(cfg, "bleu", 1, &r->bleu)) < 0 ||
         (rc = nn_config_int(cfg, "eval-beam", 1, &beam)) < 0 ||
         (rc = nn_config_float(cfg, "len-alpha", 0.6, &r->len_alpha)) < 0 ||
-        (rc = nn_config_float(cfg, "bucket-mb", 4, &r->bucket_mb)) < 0 ||
+
         (rc = nn_config_bool(cfg, "zero", 0, &r->zero)) < 0)
         return rc;
     if (r->zero && r->deterministic) {
@@ -1027,6 +1027,13 @@ static int read_settings(run *r) {
                      "reduction needs the whole gradient on every rank)");
         return NN_ERR_CONFIG;
     }
+    /* auto: overlap only pays across a network; within one node the shared-memory
+     * allreduce is fast and the progress calls cost more than they hide (bench-comm) */
+    const char *bmb = nn_config_get(cfg, "bucket-mb");
+    if (!bmb || strcmp(bmb, "auto") == 0)
+        r->bucket_mb = r->c->size > 1 && !comm_single_node(r->c) ? 4.0 : 0.0;
+    else if ((rc = nn_config_float(cfg, "bucket-mb", 4, &r->bucket_mb)) < 0)
+        return rc;
     if (r->bucket_mb < 0 || r->bucket_mb > 1024) {
         nn_set_error("--bucket-mb must be in 0..1024, got %g", r->bucket_mb);
         return NN_ERR_CONFIG;
