@@ -488,22 +488,7 @@ int io_ckpt_write(const char *path, const io_ckpt *ck) {
         io_set_error("%s: cannot write: %s", tmp, strerror(werr));
         rc = IO_ERR_WRITE;
     }
-    if (rc == IO_OK && fsync(fd) != 0) {
-        io_set_error("%s: fsync failed: %s", tmp, strerror(errno));
-        rc = IO_ERR_WRITE;
-    }
-    if (close(fd) != 0 && rc == IO_OK) {
-        io_set_error("%s: close failed: %s", tmp, strerror(errno));
-        rc = IO_ERR_WRITE;
-    }
-    if (rc == IO_OK && rename(tmp, path) != 0) {
-        io_set_error("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
-        rc = IO_ERR_OPEN;
-    }
-    if (rc != IO_OK) unlink(tmp);
-    else rc = io_fsync_dir_(path);
-    free(tmp);
-    return rc;
+    return io_commit_tmp_(fd, tmp, path, rc);
 }
 
 /* ---- reading ------------------------------------------------------------------------ */

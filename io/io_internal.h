@@ -12,6 +12,11 @@ int io_fsync_dir_(const char *path);
 int io_fsync_path_(const char *path);
 /* "<path>.tmp.<pid>", malloc'ed; NULL when out of memory. */
 char *io_tmp_name_(const char *path);
+/* Finishes an atomic write of `path` through its temporary file tmp (open as fd, malloc'd;
+ * both released here): when rc is IO_OK, fsync, close, rename over path and fsync the
+ * directory; otherwise (or on any failure) close and unlink tmp, leaving path untouched.
+ * Returns the first failure (message set) or IO_OK. */
+int io_commit_tmp_(int fd, char *tmp, const char *path, int rc);
 /* write(2) until done; message names path on failure. */
 int io_write_all_(int fd, const void *data, size_t n, const char *path);
 /* FNV-1a 64-bit, continued from h (start with IO_FNV64_INIT). */

@@ -137,6 +137,10 @@ int io_write_file_atomic(const char *path, const void *data, size_t n) {
         return IO_ERR_OPEN;
     }
     rc = io_write_all_(fd, data, n, tmp);
+    return io_commit_tmp_(fd, tmp, path, rc);
+}
+
+int io_commit_tmp_(int fd, char *tmp, const char *path, int rc) {
     if (rc == IO_OK && fsync(fd) != 0) {
         io_set_error("%s: fsync failed: %s", tmp, strerror(errno));
         rc = IO_ERR_WRITE;
