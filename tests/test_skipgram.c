@@ -226,7 +226,10 @@ static void check_model_grad(const char *loss, int cbow) {
     ck_assert_int_eq(nn_skipgram_touched(&c->m, 0, &rows0), 0);
     char what[64];
     snprintf(what, sizeof what, "model %s%s", loss, cbow ? " cbow" : "");
-    check_grad(model_loss, c, ps->data, ps->grad, ps->total, 1e-2f, 1e-2, what);
+    /* h 3e-2: the loss sums float softmaxes over the vocabulary, whose rounding (it depends
+     * on the build: vectorised or not) is ~1e-6 of the loss; at h 1e-2 that noise reaches
+     * the 1e-2 tolerance on entries with gradients near 1e-3 in an -O0 build */
+    check_grad(model_loss, c, ps->data, ps->grad, ps->total, 3e-2f, 1e-2, what);
     nn_model_free(&c->m);
     free(c);
 }
