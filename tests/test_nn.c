@@ -934,9 +934,8 @@ END_TEST
 
 /* ---- suite -------------------------------------------------------------------------- */
 
-static Suite *nn_suite(void) {
-    Suite *s = suite_create("nn");
-    struct { const char *name; const TTest *t; } cases[] = {
+int main(void) {
+    const tu_case cases[] = {
         {"status", test_status_strings_are_distinct_and_never_null},
         {"rng", test_rng_is_a_pure_function_of_its_key},
         {"rng", test_rng_uniform_and_normal_have_the_right_moments},
@@ -969,24 +968,5 @@ static Suite *nn_suite(void) {
         {"bow", test_bow_same_seed_same_model},
         {"bow", test_bow_sgd_drives_the_loss_down},
     };
-    TCase *tc = NULL;
-    const char *cur = "";
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(cases[i].name, cur) != 0) {
-            tc = tcase_create(cases[i].name);
-            tcase_set_timeout(tc, 60);
-            suite_add_tcase(s, tc);
-            cur = cases[i].name;
-        }
-        tcase_add_test(tc, cases[i].t);
-    }
-    return s;
-}
-
-int main(void) {
-    SRunner *sr = srunner_create(nn_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run("nn", cases, sizeof cases / sizeof cases[0]);
 }

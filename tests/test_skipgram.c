@@ -678,9 +678,8 @@ START_TEST(test_sparse_optimizer_step) {
 }
 END_TEST
 
-static Suite *skipgram_suite(void) {
-    Suite *s = suite_create("skipgram");
-    struct { const char *name; const TTest *t; } cases[] = {
+int main(void) {
+    const tu_case cases[] = {
         {"kernels", test_neg_sampling_gradients_match_finite_differences},
         {"kernels", test_softmax_gradients_match_finite_differences},
         {"kernels", test_neg_loss_is_stable_for_large_logits},
@@ -695,24 +694,5 @@ static Suite *skipgram_suite(void) {
         {"logreg", test_logreg_gradients_and_losses},
         {"logreg", test_logreg_errors},
     };
-    TCase *tc = NULL;
-    const char *cur = "";
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (strcmp(cases[i].name, cur) != 0) {
-            tc = tcase_create(cases[i].name);
-            tcase_set_timeout(tc, 60);
-            suite_add_tcase(s, tc);
-            cur = cases[i].name;
-        }
-        tcase_add_test(tc, cases[i].t);
-    }
-    return s;
-}
-
-int main(void) {
-    SRunner *sr = srunner_create(skipgram_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return tu_run("skipgram", cases, sizeof cases / sizeof cases[0]);
 }

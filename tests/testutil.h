@@ -1,6 +1,6 @@
-/* testutil.h - helpers shared by the Check unit tests of models/: keyed random fills and
- * the finite-difference gradient assertion. Header-only (static functions), included by
- * test_*.c files; it does not register tests or touch files. */
+/* testutil.h - helpers shared by the Check unit tests of models/: keyed random fills, the
+ * finite-difference gradient assertion and a table-driven suite runner. Header-only
+ * (static functions), included by test_*.c files; it touches no files. */
 #ifndef LOCKSTEP_TESTUTIL_H
 #define LOCKSTEP_TESTUTIL_H
 
@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "models/nn.h"
 
@@ -49,6 +50,35 @@ static inline void tu_check_grad(double (*f)(void *), void *ctx, float *x, const
     double bad = nn_gradcheck(f, ctx, x, neg, n, h, checks);
     ck_assert_msg(bad > 0.5, "%s: flipped gradient passed (error %g)", what, bad);
     free(neg);
+}
+
+/* A test and the test case (group) it belongs to; consecutive entries with the same
+ * name form one TCase. */
+typedef struct tu_case {
+    const char *name;
+    const TTest *t;
+} tu_case;
+
+/* Runs cases[0..n) as suite `suite` (60 s timeout per case) and returns the process exit
+ * status: EXIT_SUCCESS when every test passed. */
+static inline int tu_run(const char *suite, const tu_case *cases, size_t n) {
+    Suite *s = suite_create(suite);
+    TCase *tc = NULL;
+    const char *cur = "";
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(cases[i].name, cur) != 0) {
+            tc = tcase_create(cases[i].name);
+            tcase_set_timeout(tc, 60);
+            suite_add_tcase(s, tc);
+            cur = cases[i].name;
+        }
+        tcase_add_test(tc, cases[i].t);
+    }
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
 #endif
