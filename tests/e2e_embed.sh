@@ -11,29 +11,7 @@
 set -uo pipefail
 LOCKSTEP=$(realpath "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1 OPENBLAS_NUM_THREADS=1 LOCKSTEP_PROGRESS=lines
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-fails=0
-ok() { echo "ok   $*"; }
-bad() { echo "FAIL $*"; fails=$((fails + 1)); }
-
-# train NAME args...: 2 ranks; exit 0 and the last progress loss below 0.9x the first.
-train() {
-    local name=$1; shift
-    if ! mpirun -np 2 "$LOCKSTEP" train --out "$TMP/$name" --threads 1 "$@" > "$TMP/$name.log" 2>&1; then
-        bad "$name: training failed"; tail -5 "$TMP/$name.log"; return 1
-    fi
-    local first last
-    first=$(grep -o '^step [0-9]*/[0-9]*  loss [0-9.]*' "$TMP/$name.log" | head -1 | awk '{print $NF}')
-    last=$(grep -o '^step [0-9]*/[0-9]*  loss [0-9.]*' "$TMP/$name.log" | tail -1 | awk '{print $NF}')
-    if awk -v a="$first" -v b="$last" 'BEGIN{exit !(b < 0.9 * a)}'; then
-        ok "$name: training loss $first -> $last"
-    else
-        bad "$name: training loss did not fall ($first -> $last)"
-    fi
-}
+source "$HERE/lib_e2e.sh" # env, $TMP, ok/bad, train NAME ARGS...
 
 P=$HERE/data/prose_small
 SG=(--data "$P/train.txt" --valid "$P/valid.txt" --batch-size 16 --seq-len 64 --epochs 4
