@@ -5,10 +5,12 @@
  *
  *   bench_gpt [--threads N] [--steps N] [--warmup N] [--batch B] [--context T]
  *             [--vocab V] [--dim C] [--layers L] [--heads H] [--ff FF] [--peak 0|1]
+ *             [--matmul fp32|bf16]
  *
  * Defaults are the headline model: V8192 T128 C256 L4 H4 FF1024 GELU pre-LN, learned
  * positions, tied embeddings, B16. The AdamW loop is written here (the trainer has its
- * own); it is one pass over the flat parameter buffer. Does not read data or use MPI.
+ * own); it is one pass over the flat parameter buffer. --matmul bf16 runs every GEMM in
+ * bf16 (nn_set_matmul; AMX where the CPU has it); the peak is then measured in bf16 too. Does not read data or use MPI.
  * Output: one line "RESULT key=value ..." for scripts/bench-gpt, and readable lines. */
 #include <math.h>
 #include <stdio.h>
@@ -36,7 +38,7 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* SGEMM GFLOP/s on a transformer-shaped product (the FFN's N x FF x C), best of a few
+/* GEMM GFLOP/s (in the process's matmul precision) on a transformer-shaped product (the FFN's N x FF x C), best of a few
  * repetitions (30), with the current thread count. */
 static double sgemm_peak(int N, int C, int FF) {
     float *a = malloc((size_t)N * C * sizeof *a), *w = malloc((size_t)FF * C * sizeof *w);
@@ -85,10 +87,12 @@ static void adamw_step(adamw *o, nn_params *ps) {
 
 int main(int argc, char **argv) {
     int threads = 1, steps = 10, warmup = 2, B = 16, T = 128, V = 8192, C = 256, L = 4, H = 4,
-        FF = 1024, peak = 1;
+        FF = 1024, peak = 1, bf16 = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         int v = atoi(argv[i + 1]);
-        if (!strcmp(argv[i], "--threads")) threads = v;
+        if (!strcmp(argv[i], "--matmul") && (!strcmp(argv[i + 1], "fp32") || !strcmp(argv[i + 1], "bf16")))
+            bf16 = !strcmp(argv[i + 1], "bf16");
+        else if (!strcmp(argv[i], "--threads")) threads = v;
         else if (!strcmp(argv[i], "--steps")) steps = v;
         else if (!strcmp(argv[i], "--warmup")) warmup = v;
         else if (!strcmp(argv[i], "--batch")) B = v;
@@ -106,6 +110,7 @@ int main(int argc, char **argv) {
     }
     if (steps < 1 || B < 1 || T < 1) return 2;
     nn_set_threads(threads);
+    nn_set_matmul(bf16 ? NN_MATMUL_BF16 : NN_MATMUL_FP32);
     char buf[8][32];
     nn_config cfg = {0};
     snprintf(buf[0], 32, "%d", L), nn_config_set(&cfg, "layers", buf[0]);
@@ -170,18 +175,18 @@ int main(int argc, char **argv) {
     double act = L * (8.0 * N * C + 3.0 * N * FF + (double)B * H * T * T) + N * V +
                  2.0 * N * C + 5.0 * N * C + N * FF + (double)C * V;
     double paper_mb = (4.0 * P + act) * 4.0 / 1048576.0;
-    printf("gpt V%d T%d C%d L%d H%d FF%d B%d, %zu parameters, %d thread(s)\n", V, T, C, L, H, FF,
-           B, P, threads);
+    printf("gpt V%d T%d C%d L%d H%d FF%d B%d, %zu parameters, %d thread(s), matmul %s%s\n", V, T,
+           C, L, H, FF, B, P, threads, bf16 ? "bf16 on " : "fp32", bf16 ? nn_matmul_engine() : "");
     printf("  step median %.1f ms (min %.1f, max %.1f) over %d steps: %.0f tokens/s\n",
            med * 1e3, dt[0] * 1e3, dt[steps - 1] * 1e3, steps, tps);
     printf("  CPU time per step median %.1f ms (%.2f cores busy)\n", cmed * 1e3, cmed / med);
-    printf("  %.1f MFLOP/token -> %.1f GFLOP/s; SGEMM peak %.1f GFLOP/s; MFU %.1f%%\n",
+    printf("  %.1f MFLOP/token -> %.1f GFLOP/s; GEMM peak %.1f GFLOP/s; MFU %.1f%%\n",
            flop_tok * 1e-6, tps * flop_tok * 1e-9, gpk, 100.0 * mfu);
     printf("  loss %.3f -> %.3f; peak RSS %.0f MB, on paper %.0f MB (ratio %.2f)\n", loss0, loss1,
            ru.ru_maxrss / 1024.0, paper_mb, ru.ru_maxrss / 1024.0 / paper_mb);
-    printf("RESULT impl=lockstep threads=%d tokens_per_s=%.1f step_ms=%.2f gflops=%.2f "
+    printf("RESULT impl=%s threads=%d tokens_per_s=%.1f step_ms=%.2f gflops=%.2f "
            "peak_gflops=%.2f mfu=%.4f rss_mb=%.1f paper_mb=%.1f cpu_ms=%.2f best_tokens_per_s=%.1f\n",
-           threads, tps, med * 1e3, tps * flop_tok * 1e-9, gpk, mfu, ru.ru_maxrss / 1024.0,
+           bf16 ? "lockstep-bf16" : "lockstep", threads, tps, med * 1e3, tps * flop_tok * 1e-9, gpk, mfu, ru.ru_maxrss / 1024.0,
            paper_mb, cmed * 1e3, (double)B * T / dt[0]);
     free(dc), free(x), free(y), free(index), free(dt), free(opt.m), free(opt.v);
     nn_model_free(&m);

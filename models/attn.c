@@ -4,7 +4,7 @@
  * fast tanh, one-pass layer norm, softmax cross-entropy over the vocabulary).
  *
  * Does not: own parameters (layers hold views into the registry), allocate (callers pass
- * caches and scratch), or thread anything itself (GEMMs go through nn_gemm/OpenBLAS).
+ * caches and scratch), or own threads (the two-way split is par.c; GEMMs go through nn_gemm).
  * The elementwise kernels use GCC vector extensions so they vectorise at any -O level
  * and on any target (a 16-lane vector is split to what the machine has).
  *
@@ -14,12 +14,10 @@
  * are combined in the same order, so results do not depend on the thread count. One split
  * runs at a time per process: a nested or concurrent one runs both halves in its caller. */
 #include <math.h>
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <string.h>
 
 #include "models/nn.h"
+#include "models/nn_par.h"
 
 /* ---- vector helpers ------------------------------------------------------------------ */
 
@@ -77,149 +75,7 @@ static inline float sexp(float x) { /* scalar through the same code path */
 /* tanh(u) = 1 - 2 / (exp(2u) + 1); exact limits at +-inf thanks to the clamp in vexp. */
 static inline vf vtanh(vf u) { return 1.0f - 2.0f / (vexp(u + u) + 1.0f); }
 
-
-/* ---- a fixed two-way split, the second half on a helper thread ----------------------- */
-
-typedef void (*par_fn)(void *ctx, int part);
-
-static struct {
-    pthread_mutex_t start_mu;
-    int started, ok;   /* helper thread created (under start_mu), and running */
-    atomic_flag busy;  /* a split is in flight: nested or concurrent calls run serially */
-    pthread_t th;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    atomic_uint gen;   /* task counter: the helper runs part 1 of each new task */
-    atomic_uint done;  /* last task the helper finished */
-    atomic_int sleeping;
-    par_fn fn;
-    void *ctx;
-} pool = {.start_mu = PTHREAD_MUTEX_INITIALIZER,
-          .busy = ATOMIC_FLAG_INIT,
-          .mu = PTHREAD_MUTEX_INITIALIZER,
-          .cv = PTHREAD_COND_INITIALIZER};
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-/* The helper spins briefly after a task (the next one usually follows within a GEMM's
- * time), then sleeps on the condition variable so it does not steal OpenBLAS's core. */
-static void *pool_main(void *arg) {
-    (void)arg;
-    unsigned seen = 0;
-    for (;;) {
-        unsigned g;
-        int spins = 0;
-        while ((g = atomic_load(&pool.gen)) == seen) {
-            if (++spins < 1000) {
-                cpu_relax();
-                continue;
-            }
-            pthread_mutex_lock(&pool.mu);
-            atomic_store(&pool.sleeping, 1);
-            while ((g = atomic_load(&pool.gen)) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
-            atomic_store(&pool.sleeping, 0);
-            pthread_mutex_unlock(&pool.mu);
-            break;
-        }
-        seen = g;
-        pool.fn(pool.ctx, 1);
-        atomic_store(&pool.done, seen);
-    }
-    return NULL;
-}
-
-/* A forked child has no helper thread: start afresh there. */
-static void pool_after_fork_child(void) {
-    pthread_mutex_init(&pool.start_mu, NULL);
-    pthread_mutex_init(&pool.mu, NULL);
-    pthread_cond_init(&pool.cv, NULL);
-    pool.started = pool.ok = 0;
-    atomic_flag_clear(&pool.busy);
-    atomic_store(&pool.gen, 0);
-    atomic_store(&pool.done, 0);
-    atomic_store(&pool.sleeping, 0);
-}
-
-static int pool_ready(void) {
-    static int atfork;
-    pthread_mutex_lock(&pool.start_mu);
-    if (!pool.started) {
-        pool.started = 1;
-        if (!atfork) atfork = pthread_atfork(NULL, NULL, pool_after_fork_child) == 0;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-        pool.ok = atfork && pthread_create(&pool.th, &at, pool_main, NULL) == 0;
-        pthread_attr_destroy(&at);
-    }
-    int ok = pool.ok;
-    pthread_mutex_unlock(&pool.start_mu);
-    return ok;
-}
-
-/* Runs fn(ctx, 0) and fn(ctx, 1): concurrently when big and 2+ threads are allowed (and the
- * helper could be started), else one after the other. Returns when both are done. */
-static void par_run_on(par_fn fn, void *ctx, int helper) {
-    if (!helper || atomic_flag_test_and_set(&pool.busy)) {
-        fn(ctx, 0);
-        fn(ctx, 1);
-        return;
-    }
-    if (!pool_ready()) {
-        atomic_flag_clear(&pool.busy);
-        fn(ctx, 0);
-        fn(ctx, 1);
-        return;
-    }
-    pool.fn = fn;
-    pool.ctx = ctx;
-    unsigned g = atomic_fetch_add(&pool.gen, 1) + 1;
-    if (atomic_load(&pool.sleeping)) {
-        pthread_mutex_lock(&pool.mu);
-        pthread_cond_signal(&pool.cv);
-        pthread_mutex_unlock(&pool.mu);
-    }
-    fn(ctx, 0);
-    /* the halves are alike, so the helper is usually about done; if it was descheduled
-     * (a loaded machine), give the core away instead of spinning on it */
-    for (int spins = 0; atomic_load(&pool.done) != g; spins++) {
-        if (spins < 2000) cpu_relax();
-        else sched_yield();
-    }
-    atomic_flag_clear(&pool.busy);
-}
-
-static void par_run(par_fn fn, void *ctx, int big) {
-    par_run_on(fn, ctx, big && nn_get_threads() >= 2);
-}
-
-/* For halves that call OpenBLAS themselves: OpenBLAS runs single-threaded meanwhile, so
- * the two callers do not both queue work on its thread pool. */
-static void par_run_blas(par_fn fn, void *ctx, int big) {
-    int threads = nn_get_threads();
-    if (!big || threads < 2) {
-        par_run_on(fn, ctx, 0);
-        return;
-    }
-    nn_set_threads(1);
-    par_run_on(fn, ctx, 1);
-    nn_set_threads(threads);
-}
-
-/* Half `part` of [0, n): the cut is rounded up to a multiple of align. */
-static void half(size_t n, int part, size_t align, size_t *i0, size_t *i1) {
-    size_t h = (n / 2 + align - 1) / align * align;
-    if (h > n) h = n;
-    *i0 = part ? h : 0;
-    *i1 = part ? n : h;
-}
-
-/* Elementwise work worth a thread handoff (a few microseconds). */
-#define PAR_MIN 32768
+#define PAR_MIN 32768 /* elementwise work worth a thread handoff (a few microseconds) */
 
 /* ---- GELU (tanh approximation) ------------------------------------------------------------ */
 
@@ -294,7 +150,7 @@ typedef struct ew_job {
 static void ew_part(void *ctx, int part) {
     ew_job *j = ctx;
     size_t i0, i1;
-    half(j->n, part, VL, &i0, &i1);
+    nn_par_half(j->n, part, VL, &i0, &i1);
     switch (j->kind) {
     case 0: gelu_fwd_span(j->y, j->a, i0, i1); break;
     case 1: gelu_bwd_span(j->y, j->a, j->b, i0, i1); break;
@@ -307,7 +163,7 @@ static void ew_part(void *ctx, int part) {
 
 static void ew_run(int kind, float *y, const float *a, const float *b, size_t n, size_t work) {
     ew_job j = {kind, y, a, b, n, NULL};
-    par_run(ew_part, &j, work >= PAR_MIN);
+    nn_par_run(ew_part, &j, work >= PAR_MIN);
 }
 
 void nn_fgelu_forward(float *y, const float *x, size_t n) { ew_run(0, y, x, NULL, n, 4 * n); }
@@ -322,7 +178,7 @@ void nn_fgelu_backward_inplace(float *d, const float *x, size_t n) {
 
 void nn_fgelu_forward_cache(float *y, float *t, const float *x, size_t n) {
     ew_job j = {4, y, x, NULL, n, t};
-    par_run(ew_part, &j, 4 * n >= PAR_MIN);
+    nn_par_run(ew_part, &j, 4 * n >= PAR_MIN);
 }
 
 void nn_fgelu_backward_cached(float *d, const float *x, const float *t, size_t n) {
@@ -430,14 +286,14 @@ typedef struct ln_job {
 static void ln_fwd_part(void *ctx, int part) {
     ln_job *j = ctx;
     size_t i0, i1;
-    half((size_t)j->N, part, 1, &i0, &i1);
+    nn_par_half((size_t)j->N, part, 1, &i0, &i1);
     ln_fwd_rows(j->y, j->mean, j->rstd, j->x, j->g, j->b, (int)i0, (int)i1, j->C);
 }
 
 static void ln_bwd_part(void *ctx, int part) {
     ln_job *j = ctx;
     size_t i0, i1;
-    half((size_t)j->N, part, 1, &i0, &i1);
+    nn_par_half((size_t)j->N, part, 1, &i0, &i1);
     ln_bwd_rows(j->y, j->dg2 + (size_t)part * j->C, j->db2 + (size_t)part * j->C, j->dy, j->x,
                 j->mean, j->rstd, j->g, (int)i0, (int)i1, j->C);
 }
@@ -445,7 +301,7 @@ static void ln_bwd_part(void *ctx, int part) {
 void nn_flayernorm_forward(float *y, float *mean, float *rstd, const float *x, const float *g,
                            const float *b, int N, int C) {
     ln_job j = {y, mean, rstd, NULL, NULL, x, g, b, NULL, N, C};
-    par_run(ln_fwd_part, &j, (size_t)N * C >= PAR_MIN);
+    nn_par_run(ln_fwd_part, &j, (size_t)N * C >= PAR_MIN);
 }
 
 /* The parameter gradients of the two halves are summed separately, then added (in the
@@ -460,7 +316,7 @@ void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, co
     float part[4 * C];
     memset(part, 0, sizeof part);
     ln_job j = {dx, (float *)mean, (float *)rstd, part, part + 2 * C, x, g, NULL, dy, N, C};
-    par_run(ln_bwd_part, &j, (size_t)N * C >= PAR_MIN);
+    nn_par_run(ln_bwd_part, &j, (size_t)N * C >= PAR_MIN);
     for (int c = 0; c < C; c++) {
         dg[c] += part[c] + part[C + c];
         db[c] += part[2 * C + c] + part[3 * C + c];
@@ -481,7 +337,7 @@ typedef struct xent_job {
 static void xent_part(void *ctx, int part) {
     xent_job *jb = ctx;
     size_t i0, i1;
-    half((size_t)jb->N, part, 1, &i0, &i1);
+    nn_par_half((size_t)jb->N, part, 1, &i0, &i1);
     float *dlogits = jb->dlogits;
     const float *logits = jb->logits;
     const int32_t *targets = jb->targets;
@@ -555,7 +411,7 @@ double nn_fxent_forward_backward(float *dlogits, const float *logits, const int3
                                  float grad_scale, double *count, double *correct) {
     xent_job j = {dlogits, logits, targets, N, V, ignore_index, correct != NULL,
                   label_smoothing, grad_scale, {0, 0}, {0, 0}, {0, 0}};
-    par_run(xent_part, &j, (size_t)N * V >= PAR_MIN);
+    nn_par_run(xent_part, &j, (size_t)N * V >= PAR_MIN);
     if (count) *count += j.cnt[0] + j.cnt[1];
     if (correct) *correct += j.hits[0] + j.hits[1];
     return j.loss[0] + j.loss[1];
@@ -619,7 +475,7 @@ static void sdpa_fwd_part(void *ctx, int part) {
     const float scale = 1.0f / sqrtf((float)HS);
     const int qb_rows = j->causal ? SDPA_QB : T;
     size_t p0, p1;
-    half((size_t)j->B * NH, part, 1, &p0, &p1);
+    nn_par_half((size_t)j->B * NH, part, 1, &p0, &p1);
     for (size_t p = p0; p < p1; p++) {
         int b = (int)(p / NH), h = (int)(p % NH);
         int klim = j->key_len ? j->key_len[b] : S;
@@ -657,7 +513,7 @@ void nn_sdpa_forward(float *out, int ldo, float *att, const float *q, int ldq, c
                      int T, int S, int NH, int HS) {
     sdpa_job j = {out, att, NULL, NULL, NULL, NULL, q, k, v, NULL, NULL, key_len,
                   ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS};
-    par_run_blas(sdpa_fwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
+    nn_par_run_blas(sdpa_fwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
 }
 
 static void sdpa_bwd_part(void *ctx, int part) {
@@ -668,7 +524,7 @@ static void sdpa_bwd_part(void *ctx, int part) {
     const int qb_rows = j->causal ? SDPA_QB : T;
     float *scratch = j->scratch + (size_t)part * T * S;
     size_t p0, p1;
-    half((size_t)j->B * NH, part, 1, &p0, &p1);
+    nn_par_half((size_t)j->B * NH, part, 1, &p0, &p1);
     for (size_t p = p0; p < p1; p++) {
         int b = (int)(p / NH), h = (int)(p % NH);
         int klim = j->key_len ? j->key_len[b] : S;
@@ -716,7 +572,7 @@ void nn_sdpa_backward(float *dq, float *dk, float *dv, float *scratch, const flo
                       int S, int NH, int HS) {
     sdpa_job j = {NULL, NULL, dq, dk, dv, scratch, q, k, v, dout, att, key_len,
                   ldo, ldq, ldk, ldv, causal, B, T, S, NH, HS};
-    par_run_blas(sdpa_bwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
+    nn_par_run_blas(sdpa_bwd_part, &j, B * NH >= 2 && (size_t)B * NH * T * S * HS >= 65536);
 }
 
 /* ---- transpose-add ------------------------------------------------------------------------ */
@@ -731,7 +587,7 @@ typedef struct tadd_job {
 static void tadd_part(void *ctx, int part) {
     const tadd_job *j = ctx;
     size_t r0, r1;
-    half((size_t)j->R, part, 32, &r0, &r1);
+    nn_par_half((size_t)j->R, part, 32, &r0, &r1);
     for (size_t rb = r0; rb < r1; rb += 32)
         for (int kb = 0; kb < j->K; kb += 32) {
             size_t re = rb + 32 < r1 ? rb + 32 : r1;
@@ -745,7 +601,7 @@ static void tadd_part(void *ctx, int part) {
 
 void nn_transpose_add(float *dst, const float *src, int R, int K) {
     tadd_job j = {dst, src, R, K};
-    par_run(tadd_part, &j, (size_t)R * K >= PAR_MIN);
+    nn_par_run(tadd_part, &j, (size_t)R * K >= PAR_MIN);
 }
 
 /* ---- projections and multi-head attention ------------------------------------------------------ */
@@ -770,7 +626,7 @@ typedef struct colsum_job {
 static void colsum_part(void *ctx, int part) {
     const colsum_job *c = ctx;
     size_t j0, j1;
-    half((size_t)c->OC, part, VL, &j0, &j1);
+    nn_par_half((size_t)c->OC, part, VL, &j0, &j1);
     for (int i = 0; i < c->N; i++) {
         const float *r = c->dy + (size_t)i * c->ldy;
         float *db = c->db;
@@ -782,7 +638,7 @@ static void colsum_part(void *ctx, int part) {
 
 static void colsum_add(float *db, const float *dy, int ldy, int N, int OC) {
     colsum_job c = {db, dy, ldy, N, OC};
-    par_run(colsum_part, &c, (size_t)N * OC >= PAR_MIN);
+    nn_par_run(colsum_part, &c, (size_t)N * OC >= PAR_MIN);
 }
 
 void nn_proj_backward(float *dx, float *dw, float *db, const float *dy, int ldy, const float *x,

@@ -369,6 +369,10 @@ void *nn_alloc_big(size_t bytes) {
 void nn_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
              const float *Bm, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    if (nn_get_matmul() == NN_MATMUL_BF16) {
+        nn_gemm_bf16(NN_ENGINE_BEST, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+        return;
+    }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
 }

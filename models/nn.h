@@ -136,6 +136,23 @@ void nn_params_free(nn_params *ps);                        /* zero-safe, idempot
 void *nn_alloc_big(size_t bytes);
 void nn_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
              const float *Bm, int ldb, float beta, float *C, int ldc);
+/* Precision of every nn_gemm product in this process. NN_MATMUL_FP32 (the default):
+ * OpenBLAS SGEMM. NN_MATMUL_BF16: the inputs rounded to bfloat16 (nearest even) and the
+ * products summed in fp32 into fp32 C, as PyTorch's CPU autocast does for matmuls; run on
+ * AMX tiles where the CPU has them (gemm_bf16.c). Parameters, gradients, optimizer state
+ * and every other kernel stay fp32. nn_set_matmul returns NN_ERR_CONFIG for other modes. */
+enum { NN_MATMUL_FP32 = 0, NN_MATMUL_BF16 = 1 };
+int nn_set_matmul(int mode);
+int nn_get_matmul(void);
+/* The engine bf16 products use here: "amx", or "ref" (SGEMM on bf16-rounded copies). */
+const char *nn_matmul_engine(void);
+/* The bf16 product itself, whatever the process mode; same arguments as nn_gemm.
+ * engine NN_ENGINE_BEST: amx where usable, else ref; NN_ENGINE_REF: always ref. */
+enum { NN_ENGINE_BEST = 0, NN_ENGINE_REF = 1 };
+void nn_gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *Bm, int ldb, float beta, float *C, int ldc);
+/* x rounded to bfloat16 and back (nearest even; fp32 denormals to signed zero). */
+float nn_round_bf16(float x);
 void nn_set_threads(int n); /* OpenBLAS threads for this process */
 int nn_get_threads(void);
 /* "OpenBLAS 0.3.21 ..." as the library reports itself (static string). */

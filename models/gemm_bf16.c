@@ -1,0 +1,346 @@
+/* gemm_bf16.c - nn_gemm in bfloat16: C (M,N) = alpha op(A) op(B) + beta C with the inputs
+ * rounded to bfloat16 (nearest even) and the products summed in fp32; A, B and C stay
+ * fp32 in memory. This is the arithmetic of PyTorch's CPU autocast for matmuls, except
+ * that C keeps fp32 (autocast rounds its outputs to bf16 as well).
+ *
+ * Two engines compute it:
+ *   amx  Intel AMX tiles (TDPBF16PS, 16x16 fp32 accumulators), where the CPU and kernel
+ *        offer them. The operands are converted and packed into the tile layouts (A in
+ *        16 x 32 blocks, B in 16-pair x 16 "VNNI" blocks, zero padded to multiples of 32),
+ *        then a 32x32 block of C is accumulated in four tiles over K slices of 512 and
+ *        added into C. With nn_get_threads() >= 2 the packing and the blocks of C are cut
+ *        in two halves (par.c); each block of C is always summed in the same order, so the
+ *        result does not depend on the thread count.
+ *   ref  The inputs rounded to bf16 into fp32 copies, then OpenBLAS SGEMM: a product of
+ *        two bf16 values is exact in fp32, so only the summation order differs from amx.
+ *        Used where AMX is missing, and by the tests as the reference.
+ *
+ * Does not: keep packed weights between calls (every call packs both operands), or use
+ * AMX for anything but bf16. LOCKSTEP_AMX=0 in the environment forces the ref engine. */
+#include <cblas.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "models/nn.h"
+#include "models/nn_par.h"
+
+#if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && \
+    defined(__AVX512BF16__) && defined(__AVX512BW__)
+#define HAVE_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#else
+#define HAVE_AMX 0
+#endif
+
+static atomic_int matmul_mode; /* NN_MATMUL_FP32 or NN_MATMUL_BF16 */
+
+int nn_set_matmul(int mode) {
+    if (mode != NN_MATMUL_FP32 && mode != NN_MATMUL_BF16) return NN_ERR_CONFIG;
+    atomic_store(&matmul_mode, mode);
+    return NN_OK;
+}
+
+int nn_get_matmul(void) { return atomic_load(&matmul_mode); }
+
+/* ---- reference engine -------------------------------------------------------------- */
+
+/* fp32 -> bf16 -> fp32, nearest even, as VCVTNEPS2BF16: fp32 denormals become signed
+ * zeros, NaNs stay NaN (quiet). */
+float nn_round_bf16(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) == 0) {
+        u &= 0x80000000u;
+    } else if ((u & 0x7fffffffu) > 0x7f800000u) {
+        u = (u | 0x00400000u) & 0xffff0000u;
+    } else {
+        u += 0x7fffu + ((u >> 16) & 1u);
+        u &= 0xffff0000u;
+    }
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* Copy of the rows x cols matrix at src (leading dimension ld) rounded to bf16. */
+static float *rounded_copy(const float *src, int rows, int cols, int ld) {
+    float *d = malloc((size_t)rows * cols * sizeof *d + 1);
+    if (!d) return NULL;
+    for (int i = 0; i < rows; i++)
+        for (int j = 0; j < cols; j++)
+            d[(size_t)i * cols + j] = nn_round_bf16(src[(size_t)i * ld + j]);
+    return d;
+}
+
+static void gemm_ref(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    float *a = rounded_copy(A, ar, ac, lda), *b = rounded_copy(B, br, bc, ldb);
+    NN_ASSERT(a && b); /* out of memory inside a GEMM: nothing sensible to return */
+    cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, a, ac, b, bc, beta, C, ldc);
+    free(a), free(b);
+}
+
+#if HAVE_AMX
+
+/* ---- AMX engine ---------------------------------------------------------------------- */
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+#define KSLICE 16 /* K blocks of 32 per pass over C: A strip 32 x 512 bf16 = 32 KB (L1) */
+#define NGROUP 4  /* 32-column strips of B per group: 128 x 512 bf16 = 128 KB (L2) */
+
+typedef uint16_t bf16;
+
+/* AMX usable in this process: CPU flags, the kernel's permission for tile data, and not
+ * switched off by LOCKSTEP_AMX=0. Decided once. */
+static int amx_usable(void) {
+    static atomic_int state; /* 0 unknown, 1 yes, 2 no */
+    int s = atomic_load(&state);
+    if (s) return s == 1;
+    unsigned a, b, c, d, a1, b1, c1, d1;
+    const char *env = getenv("LOCKSTEP_AMX");
+    int ok = !(env && env[0] == '0') && __get_cpuid_count(7, 0, &a, &b, &c, &d) &&
+             __get_cpuid_count(7, 1, &a1, &b1, &c1, &d1) && (d & (1u << 24)) && /* AMX-TILE */
+             (d & (1u << 22)) && (a1 & (1u << 5)) &&                          /* AMX-BF16, AVX512-BF16 */
+             (b & (1u << 30)) &&                                               /* AVX512BW */
+             syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    atomic_store(&state, ok ? 1 : 2);
+    return ok;
+}
+
+/* Every tile 16 rows x 64 bytes: 0-3 accumulators (fp32 16x16), 4-5 A, 6-7 B. The
+ * configuration is per thread; it is loaded before each use (a few cycles). */
+static void tiles_configure(void) {
+    struct {
+        uint8_t palette, start_row, reserved[14];
+        uint16_t colsb[16];
+        uint8_t rows[16];
+    } __attribute__((aligned(64))) cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+}
+
+/* 16 rows of 32 k-contiguous floats (row i at src + i * ld, rows >= nr and columns >= nk
+ * are zero) -> one 16 x 32 bf16 block, row-major. */
+static void pack_rows(bf16 *dst, const float *src, size_t ld, int nr, int nk) {
+    __mmask16 m0 = nk >= 16 ? 0xffff : (__mmask16)((1u << nk) - 1);
+    __mmask16 m1 = nk >= 32 ? 0xffff : nk <= 16 ? 0 : (__mmask16)((1u << (nk - 16)) - 1);
+    for (int i = 0; i < 16; i++) {
+        __m512i v = _mm512_setzero_si512();
+        if (i < nr) {
+            const float *s = src + (size_t)i * ld;
+            __m512 lo = _mm512_maskz_loadu_ps(m0, s), hi = _mm512_maskz_loadu_ps(m1, s + 16);
+            v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        }
+        _mm512_store_si512((__m512i *)(dst + 32 * i), v);
+    }
+}
+
+/* 32 rows (k) of 16 contiguous floats (row k at src + k * ld; rows >= nk and columns >= nc
+ * are zero) -> one block of 16 k-pairs x 16 columns, each pair (k even, k odd) adjacent. */
+static void pack_pairs(bf16 *dst, const float *src, size_t ld, int nk, int nc) {
+    __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
+                                         24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
+                                         1, 16, 0);
+    for (int p = 0; p < 16; p++) {
+        int k = 2 * p;
+        __m512 r0 = k < nk ? _mm512_maskz_loadu_ps(m, src + (size_t)k * ld) : _mm512_setzero_ps();
+        __m512 r1 = k + 1 < nk ? _mm512_maskz_loadu_ps(m, src + (size_t)(k + 1) * ld)
+                               : _mm512_setzero_ps();
+        __m512i both = (__m512i)_mm512_cvtne2ps_pbh(r1, r0); /* r0 in the low half */
+        _mm512_store_si512((__m512i *)(dst + 32 * p), _mm512_permutexvar_epi16(idx, both));
+    }
+}
+
+/* A 16 x 16 block of 32-bit words transposed in place (pairs of bf16 move together). */
+static void transpose_words(bf16 *blk) {
+    uint32_t *w = (uint32_t *)blk;
+    for (int i = 0; i < 16; i++)
+        for (int j = i + 1; j < 16; j++) {
+            uint32_t t = w[16 * i + j];
+            w[16 * i + j] = w[16 * j + i];
+            w[16 * j + i] = t;
+        }
+}
+
+typedef struct gemm_job {
+    int ta, tb, M, N, K, KB, MS, NS; /* KB: K blocks of 32; MS, NS: strips of 32 */
+    float alpha, beta;
+    const float *A, *B;
+    int lda, ldb, ldc;
+    float *C;
+    bf16 *Ap, *Bp; /* Ap: (2 MS) x KB blocks of 16 rows x 32; Bp: (2 NS) x KB pair blocks */
+    int split_m;   /* compute halves cut along M (else along N) */
+} gemm_job;
+
+/* A block (row block mb, k block kb) of op(A) in tile layout. */
+static void pack_a_block(const gemm_job *j, int mb, int kb) {
+    bf16 *dst = j->Ap + ((size_t)mb * j->KB + kb) * 512;
+    int m0 = 16 * mb, k0 = 32 * kb, nr = j->M - m0, nk = j->K - k0;
+    if (nr <= 0) {
+        memset(dst, 0, 1024);
+    } else if (!j->ta) {
+        pack_rows(dst, j->A + (size_t)m0 * j->lda + k0, (size_t)j->lda, nr, nk);
+    } else { /* op(A)[m][k] = A[k][m]: pairs along k, then a word transpose */
+        pack_pairs(dst, j->A + (size_t)k0 * j->lda + m0, (size_t)j->lda, nk, nr);
+        transpose_words(dst);
+    }
+}
+
+/* A block (column block nb, k block kb) of op(B) in pair layout. */
+static void pack_b_block(const gemm_job *j, int nb, int kb) {
+    bf16 *dst = j->Bp + ((size_t)nb * j->KB + kb) * 512;
+    int n0 = 16 * nb, k0 = 32 * kb, nc = j->N - n0, nk = j->K - k0;
+    if (nc <= 0) {
+        memset(dst, 0, 1024);
+    } else if (!j->tb) {
+        pack_pairs(dst, j->B + (size_t)k0 * j->ldb + n0, (size_t)j->ldb, nk, nc);
+    } else { /* op(B)[k][n] = B[n][k]: rows along k, then a word transpose */
+        pack_rows(dst, j->B + (size_t)n0 * j->ldb + k0, (size_t)j->ldb, nc, nk);
+        transpose_words(dst);
+    }
+}
+
+static void pack_part(void *ctx, int part) {
+    const gemm_job *j = ctx;
+    size_t na = (size_t)2 * j->MS * j->KB, nb = (size_t)2 * j->NS * j->KB, i0, i1;
+    nn_par_half(na + nb, part, 1, &i0, &i1);
+    for (size_t i = i0; i < i1; i++) {
+        if (i < na) pack_a_block(j, (int)(i / j->KB), (int)(i % j->KB));
+        else pack_b_block(j, (int)((i - na) / j->KB), (int)((i - na) % j->KB));
+    }
+}
+
+/* acc (32x32, row stride 32) into C at strip (ms, ns): C = alpha acc + beta C on the first
+ * K slice (C not read when beta is 0), C += alpha acc after it. */
+static void add_block(const gemm_job *j, const float *acc, int ms, int ns, int first) {
+    int m0 = 32 * ms, n0 = 32 * ns, rows = j->M - m0 < 32 ? j->M - m0 : 32;
+    int cols = j->N - n0 < 32 ? j->N - n0 : 32;
+    __mmask16 k0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
+    __mmask16 k1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
+    __m512 al = _mm512_set1_ps(j->alpha), be = _mm512_set1_ps(first ? j->beta : 1.0f);
+    int read = !(first && j->beta == 0.0f);
+    for (int i = 0; i < rows; i++) {
+        float *c = j->C + (size_t)(m0 + i) * j->ldc + n0;
+        __m512 v0 = _mm512_mul_ps(al, _mm512_load_ps(acc + 32 * i));
+        __m512 v1 = _mm512_mul_ps(al, _mm512_load_ps(acc + 32 * i + 16));
+        if (read) {
+            v0 = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(k0, c), v0);
+            v1 = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(k1, c + 16), v1);
+        }
+        _mm512_mask_storeu_ps(c, k0, v0);
+        _mm512_mask_storeu_ps(c + 16, k1, v1);
+    }
+}
+
+static void compute_part(void *ctx, int part) {
+    const gemm_job *j = ctx;
+    size_t s0, s1;
+    nn_par_half((size_t)(j->split_m ? j->MS : j->NS), part, 1, &s0, &s1);
+    int ms0 = j->split_m ? (int)s0 : 0, ms1 = j->split_m ? (int)s1 : j->MS;
+    int ns0 = j->split_m ? 0 : (int)s0, ns1 = j->split_m ? j->NS : (int)s1;
+    if (ms0 >= ms1 || ns0 >= ns1) return;
+    tiles_configure();
+    float acc[32 * 32] __attribute__((aligned(64)));
+    const size_t blk = 512, KB = (size_t)j->KB;
+    for (int kb0 = 0; kb0 < j->KB; kb0 += KSLICE) {
+        int kb1 = kb0 + KSLICE < j->KB ? kb0 + KSLICE : j->KB;
+        for (int g0 = ns0; g0 < ns1; g0 += NGROUP) {
+            int g1 = g0 + NGROUP < ns1 ? g0 + NGROUP : ns1;
+            for (int ms = ms0; ms < ms1; ms++) {
+                const bf16 *a0 = j->Ap + (size_t)(2 * ms) * KB * blk, *a1 = a0 + KB * blk;
+                for (int ns = g0; ns < g1; ns++) {
+                    const bf16 *b0 = j->Bp + (size_t)(2 * ns) * KB * blk, *b1 = b0 + KB * blk;
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    for (int kb = kb0; kb < kb1; kb++) {
+                        _tile_loadd(4, a0 + kb * blk, 64);
+                        _tile_loadd(6, b0 + kb * blk, 64);
+                        _tile_dpbf16ps(0, 4, 6);
+                        _tile_loadd(7, b1 + kb * blk, 64);
+                        _tile_dpbf16ps(1, 4, 7);
+                        _tile_loadd(5, a1 + kb * blk, 64);
+                        _tile_dpbf16ps(2, 5, 6);
+                        _tile_dpbf16ps(3, 5, 7);
+                    }
+                    _tile_stored(0, acc, 128);
+                    _tile_stored(1, acc + 16, 128);
+                    _tile_stored(2, acc + 16 * 32, 128);
+                    _tile_stored(3, acc + 16 * 32 + 16, 128);
+                    add_block(j, acc, ms, ns, kb0 == 0);
+                }
+            }
+        }
+    }
+    _tile_release();
+}
+
+/* Packing buffers of the calling thread, grown as needed and kept (a GEMM may run in
+ * either of two threads at once: attention's halves call nn_gemm concurrently). */
+static _Thread_local bf16 *pack_buf;
+static _Thread_local size_t pack_cap;
+
+static bf16 *pack_space(size_t elems) {
+    if (elems > pack_cap) {
+        free(pack_buf);
+        pack_buf = nn_alloc_big(elems * sizeof(bf16));
+        pack_cap = pack_buf ? elems : 0;
+    }
+    return pack_buf;
+}
+
+static int gemm_amx(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_job j = {ta, tb, M, N, K, (K + 31) / 32, (M + 31) / 32, (N + 31) / 32, alpha, beta,
+                  A, B, lda, ldb, ldc, C, NULL, NULL, 0};
+    size_t na = (size_t)2 * j.MS * j.KB * 512, nb = (size_t)2 * j.NS * j.KB * 512;
+    bf16 *buf = pack_space(na + nb);
+    if (!buf) return 0;
+    j.Ap = buf, j.Bp = buf + na;
+    j.split_m = j.MS >= j.NS;
+    int big = (double)M * N * K >= 1 << 20; /* ~2 MFLOP: worth a thread handoff */
+    nn_par_run(pack_part, &j, big);
+    nn_par_run(compute_part, &j, big && (j.split_m ? j.MS : j.NS) >= 2);
+    return 1;
+}
+
+#endif /* HAVE_AMX */
+
+const char *nn_matmul_engine(void) {
+#if HAVE_AMX
+    if (amx_usable()) return "amx";
+#endif
+    return "ref";
+}
+
+void nn_gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) { /* no products: C = beta C */
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < N; k++) {
+                float *c = C + (size_t)i * ldc + k;
+                *c = beta == 0.0f ? 0.0f : beta * *c;
+            }
+        return;
+    }
+#if HAVE_AMX
+    if (engine == NN_ENGINE_BEST && amx_usable() &&
+        gemm_amx(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+        return;
+#else
+    (void)engine;
+#endif
+    gemm_ref(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
