@@ -128,25 +128,24 @@ static void tiles_configure(void) {
     _tile_loadconfig(&cfg);
 }
 
-/* 16 rows of 32 k-contiguous floats (row i at src + i * ld, rows >= nr and columns >= nk
- * are zero) -> one 16 x 32 bf16 block, row-major. */
-static void pack_rows(bf16 *dst, const float *src, size_t ld, int nr, int nk) {
+/* 16 rows of 32 k-contiguous floats (row i at src + i * ld; rows >= nr and columns >= nk
+ * read as zero) -> r[i]: row i as 32 bf16. */
+static inline void load_rows(__m512i r[16], const float *src, size_t ld, int nr, int nk) {
     __mmask16 m0 = nk >= 16 ? 0xffff : (__mmask16)((1u << nk) - 1);
     __mmask16 m1 = nk >= 32 ? 0xffff : nk <= 16 ? 0 : (__mmask16)((1u << (nk - 16)) - 1);
     for (int i = 0; i < 16; i++) {
-        __m512i v = _mm512_setzero_si512();
+        r[i] = _mm512_setzero_si512();
         if (i < nr) {
             const float *s = src + (size_t)i * ld;
             __m512 lo = _mm512_maskz_loadu_ps(m0, s), hi = _mm512_maskz_loadu_ps(m1, s + 16);
-            v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            r[i] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
         }
-        _mm512_store_si512((__m512i *)(dst + 32 * i), v);
     }
 }
 
 /* 32 rows (k) of 16 contiguous floats (row k at src + k * ld; rows >= nk and columns >= nc
- * are zero) -> one block of 16 k-pairs x 16 columns, each pair (k even, k odd) adjacent. */
-static void pack_pairs(bf16 *dst, const float *src, size_t ld, int nk, int nc) {
+ * read as zero) -> r[p]: k-pair p as 16 words, word c = (row 2p, row 2p + 1) of column c. */
+static inline void load_pairs(__m512i r[16], const float *src, size_t ld, int nk, int nc) {
     __mmask16 m = nc >= 16 ? 0xffff : (__mmask16)((1u << nc) - 1);
     const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9,
                                          24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17,
@@ -157,19 +156,38 @@ static void pack_pairs(bf16 *dst, const float *src, size_t ld, int nk, int nc) {
         __m512 r1 = k + 1 < nk ? _mm512_maskz_loadu_ps(m, src + (size_t)(k + 1) * ld)
                                : _mm512_setzero_ps();
         __m512i both = (__m512i)_mm512_cvtne2ps_pbh(r1, r0); /* r0 in the low half */
-        _mm512_store_si512((__m512i *)(dst + 32 * p), _mm512_permutexvar_epi16(idx, both));
+        r[p] = _mm512_permutexvar_epi16(idx, both);
     }
 }
 
-/* A 16 x 16 block of 32-bit words transposed in place (pairs of bf16 move together). */
-static void transpose_words(bf16 *blk) {
-    uint32_t *w = (uint32_t *)blk;
-    for (int i = 0; i < 16; i++)
-        for (int j = i + 1; j < 16; j++) {
-            uint32_t t = w[16 * i + j];
-            w[16 * i + j] = w[16 * j + i];
-            w[16 * j + i] = t;
-        }
+/* r as a 16 x 16 matrix of 32-bit words (pairs of bf16 move together), transposed:
+ * words interleaved in pairs of rows, then 64-bit halves in fours, then 128-bit lanes. */
+static inline void transpose_words(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) { /* u[4i + j], lane L: column 4L + j of rows 4i .. 4i+3 */
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int j = 0; j < 4; j++) { /* row 4L + j of the result: lane L of u[j], u[4+j], ... */
+        __m512i x0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44);
+        __m512i x1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xee);
+        __m512i y0 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44);
+        __m512i y1 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xee);
+        r[j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+        r[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+        r[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+        r[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+    }
+}
+
+static inline void store_block(bf16 *dst, const __m512i r[16]) {
+    for (int i = 0; i < 16; i++) _mm512_store_si512((__m512i *)(dst + 32 * i), r[i]);
 }
 
 typedef struct gemm_job {
@@ -186,28 +204,34 @@ typedef struct gemm_job {
 static void pack_a_block(const gemm_job *j, int mb, int kb) {
     bf16 *dst = j->Ap + ((size_t)mb * j->KB + kb) * 512;
     int m0 = 16 * mb, k0 = 32 * kb, nr = j->M - m0, nk = j->K - k0;
+    __m512i r[16];
     if (nr <= 0) {
         memset(dst, 0, 1024);
+        return;
     } else if (!j->ta) {
-        pack_rows(dst, j->A + (size_t)m0 * j->lda + k0, (size_t)j->lda, nr, nk);
+        load_rows(r, j->A + (size_t)m0 * j->lda + k0, (size_t)j->lda, nr, nk);
     } else { /* op(A)[m][k] = A[k][m]: pairs along k, then a word transpose */
-        pack_pairs(dst, j->A + (size_t)k0 * j->lda + m0, (size_t)j->lda, nk, nr);
-        transpose_words(dst);
+        load_pairs(r, j->A + (size_t)k0 * j->lda + m0, (size_t)j->lda, nk, nr);
+        transpose_words(r);
     }
+    store_block(dst, r);
 }
 
 /* A block (column block nb, k block kb) of op(B) in pair layout. */
 static void pack_b_block(const gemm_job *j, int nb, int kb) {
     bf16 *dst = j->Bp + ((size_t)nb * j->KB + kb) * 512;
     int n0 = 16 * nb, k0 = 32 * kb, nc = j->N - n0, nk = j->K - k0;
+    __m512i r[16];
     if (nc <= 0) {
         memset(dst, 0, 1024);
+        return;
     } else if (!j->tb) {
-        pack_pairs(dst, j->B + (size_t)k0 * j->ldb + n0, (size_t)j->ldb, nk, nc);
+        load_pairs(r, j->B + (size_t)k0 * j->ldb + n0, (size_t)j->ldb, nk, nc);
     } else { /* op(B)[k][n] = B[n][k]: rows along k, then a word transpose */
-        pack_rows(dst, j->B + (size_t)n0 * j->ldb + k0, (size_t)j->ldb, nc, nk);
-        transpose_words(dst);
+        load_rows(r, j->B + (size_t)n0 * j->ldb + k0, (size_t)j->ldb, nc, nk);
+        transpose_words(r);
     }
+    store_block(dst, r);
 }
 
 static void pack_part(void *ctx, int part) {

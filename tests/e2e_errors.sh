@@ -35,6 +35,7 @@ for np in 1 2; do
     expect "unknown key ($np ranks)" $np "unknown key 'hiden'" "${BASE[@]}" --out "$TMP/a" --hiden 3
     expect "malformed number" $np "steps.*abc" "${BASE[@]}" --out "$TMP/a" --steps abc
     expect "bad choice" $np "optimizer.*rmsprop" "${BASE[@]}" --out "$TMP/a" --optimizer rmsprop --steps 1
+    expect "bad matmul precision" $np "matmul.*fp16" "${BASE[@]}" --out "$TMP/a" --matmul fp16 --steps 1
     expect "unknown model" $np "unknown model 'gpt5'" train --model gpt5 --data x
     expect "missing corpus" $np "nope.tsv" train --model bow-classifier --data "$TMP/nope.tsv" --out "$TMP/a"
 done

@@ -38,6 +38,23 @@ train gpt --model gpt --data "$P/train.txt" --valid "$P/valid.txt" --batch-size 
 out=$("$LOCKSTEP" generate --ckpt "$TMP/gpt/ckpt_00000060.h5" --prompt "the" --max-out 12 --top-k 20 --temperature 0.8 2>&1)
 [ "$(echo "$out" | wc -w)" -ge 5 ] && ok "gpt generate: $out" || bad "gpt generate: $out"
 
+# bf16 matmuls (AMX where the CPU has it): trains like fp32, and the same run twice gives
+# the same bits
+for run in gpt-bf16 gpt-bf16-again; do
+    train $run --model gpt --data "$P/train.txt" --valid "$P/valid.txt" --batch-size 16 \
+        --seq-len 32 --steps 60 --log-every 10 --layers 2 --dim 32 --heads 4 --ff 64 --context 32 \
+        --lr 0.005 --optimizer adamw --dropout 0.1 --matmul bf16
+done
+grep -q "matmul bf16 on \(amx\|ref\)" "$TMP/gpt-bf16.log" && ok "gpt-bf16: $(grep -o 'matmul bf16 on [a-z]*' "$TMP/gpt-bf16.log")" ||
+    bad "gpt-bf16: no 'matmul bf16' in the banner"
+v32=$(grep -o 'valid step 60: loss [0-9.]*' "$TMP/gpt.log" | awk '{print $NF}')
+v16=$(grep -o 'valid step 60: loss [0-9.]*' "$TMP/gpt-bf16.log" | awk '{print $NF}')
+awk -v a="$v32" -v b="$v16" 'BEGIN{exit !(b < 1.05 * a + 0.05)}' &&
+    ok "gpt-bf16: validation loss $v16 (the same run in fp32: $v32)" || bad "gpt-bf16: validation loss $v16 against fp32 $v32"
+cmp -s "$TMP/gpt-bf16/ckpt_00000060.h5" "$TMP/gpt-bf16-again/ckpt_00000060.h5" ||
+    /usr/bin/python3 "$HERE/ckpt_compare.py" "$TMP/gpt-bf16/ckpt_00000060.h5" "$TMP/gpt-bf16-again/ckpt_00000060.h5" --exact > /dev/null &&
+    ok "gpt-bf16: a repeated run gives the same weights bit for bit" || bad "gpt-bf16: repeated run differs"
+
 E=$HERE/data/ende_small
 S2S=(--model seq2seq --data "$E/train.tsv" --valid "$E/valid.tsv" --batch-size 32 --steps 60
      --log-every 10 --hidden 32 --dim 32 --lr 0.01 --min-count 1 --eval-every 30)

@@ -438,6 +438,47 @@ START_TEST(test_gpt_post_ln_relu_sinusoidal_untied_smoothed_gradients) {
 }
 END_TEST
 
+/* bf16 matmuls: the loss and gradient of a gpt stay close to fp32 (the rounding of GEMM
+ * inputs only), and the same call gives the same bits. */
+START_TEST(test_gpt_bf16_matmul_tracks_fp32) {
+    const char *kv[] = {"norm", "pre", "layers", "2", "heads", "4", "dim", "64", "ff", "128",
+                        "context", "32", NULL};
+    static gpt_case c;
+    gpt_case_init(&c, kv, 97, 4, 32, 0.05f);
+    nn_params *ps = &c.m.params;
+    size_t P = ps->total;
+    float *g32 = malloc(P * sizeof *g32), *g16 = malloc(P * sizeof *g16);
+    nn_params_zero_grad(ps);
+    double l32 = gpt_loss(&c);
+    memcpy(g32, ps->grad, P * sizeof *g32);
+    nn_set_matmul(NN_MATMUL_BF16);
+    nn_params_zero_grad(ps);
+    double l16 = gpt_loss(&c);
+    memcpy(g16, ps->grad, P * sizeof *g16);
+    nn_params_zero_grad(ps);
+    double again = gpt_loss(&c);
+    nn_set_matmul(NN_MATMUL_FP32);
+    ck_assert_msg(l16 == again && memcmp(g16, ps->grad, P * sizeof *g16) == 0,
+                  "bf16 run repeated: different bits");
+    ck_assert_msg(l16 != l32 && fabs(l16 - l32) < 5e-3 * fabs(l32), "loss fp32 %.6f, bf16 %.6f",
+                  l32, l16);
+    for (int i = 0; i < ps->n; i++) {
+        const nn_param *p = &ps->p[i];
+        double dot = 0, n32 = 0, n16 = 0;
+        for (size_t j = p->offset; j < p->offset + p->size; j++)
+            dot += (double)g32[j] * g16[j], n32 += (double)g32[j] * g32[j], n16 += (double)g16[j] * g16[j];
+        /* the key bias has a zero gradient in exact arithmetic (softmax ignores a constant
+         * added to every score): both are rounding noise */
+        if (n32 == 0 || strstr(p->name, "attn/b_k")) continue;
+        double cosine = dot / sqrt(n32 * n16);
+        ck_assert_msg(cosine > 0.99, "%s: gradient cosine %.4f between fp32 and bf16", p->name,
+                      cosine);
+    }
+    free(g32), free(g16);
+    nn_model_free(&c.m);
+}
+END_TEST
+
 START_TEST(test_gpt_dropout_gradients_and_keyed_masks) {
     const char *kv[] = {"norm", "pre", "layers", "1", "heads", "2", "dim", "8", "ff", "12",
                         "context", "5", "dropout", "0.3", NULL};
@@ -977,6 +1018,7 @@ static Suite *attn_suite(void) {
     tcase_set_timeout(g, 60);
     tcase_add_test(g, test_gpt_pre_ln_gelu_learned_tied_gradients);
     tcase_add_test(g, test_gpt_post_ln_relu_sinusoidal_untied_smoothed_gradients);
+    tcase_add_test(g, test_gpt_bf16_matmul_tracks_fp32);
     tcase_add_test(g, test_gpt_dropout_gradients_and_keyed_masks);
     tcase_add_test(g, test_gpt_kv_cache_matches_full_forward);
     tcase_add_test(g, test_gpt_generate_top_k_sampling_is_keyed_and_bounded);

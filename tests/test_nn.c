@@ -5,7 +5,11 @@
  * check that cannot fail is itself caught. */
 #include <check.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+#endif
 
 #include "models/nn.h"
 #include "tests/testutil.h"
@@ -295,6 +299,153 @@ START_TEST(test_gemm_matches_naive_product_for_all_transposes) {
         }
     nn_set_threads(1);
     ck_assert_int_eq(nn_get_threads(), 1);
+}
+END_TEST
+
+/* ---- bf16 matmul --------------------------------------------------------------------- */
+
+static uint32_t f2u(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static float u2f(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+START_TEST(test_round_bf16_is_nearest_even_like_the_hardware) {
+    /* ties go to the even neighbour; a carry moves into the exponent */
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x3f808000u))), 0x3f800000u);
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x3f818000u))), 0x3f820000u);
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x3f808001u))), 0x3f810000u);
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x3fffffffu))), 0x40000000u);
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0xbf807fffu))), 0xbf800000u);
+    /* the largest float rounds up to infinity; infinities stay; NaN stays NaN */
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x7f7fffffu))), 0x7f800000u);
+    ck_assert_uint_eq(f2u(nn_round_bf16(-INFINITY)), 0xff800000u);
+    ck_assert(isnan(nn_round_bf16(NAN)));
+    ck_assert(isnan(nn_round_bf16(u2f(0x7f800001u)))); /* signalling NaN with low bits only */
+    /* denormals become zeros of the same sign */
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x00400000u))), 0u);
+    ck_assert_uint_eq(f2u(nn_round_bf16(u2f(0x80000001u))), 0x80000000u);
+    /* bf16 values are fixed points; the error is at most half a unit in the 8th bit */
+    nn_rng r = nn_rng_make(5, 0, 0, NN_RNG_USER);
+    for (int i = 0; i < 10000; i++) {
+        float x = (nn_rng_uniform(&r) - 0.5f) * 1e3f, y = nn_round_bf16(x);
+        ck_assert_float_eq(nn_round_bf16(y), y);
+        ck_assert(fabsf(y - x) <= fabsf(x) * (1.0f / 256.0f));
+    }
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+    /* the conversion instruction the AMX engine packs with gives the same bits */
+    if (__builtin_cpu_supports("avx512f")) {
+        float x[32];
+        for (int t = 0; t < 200; t++) {
+            for (int i = 0; i < 32; i++) x[i] = u2f((uint32_t)nn_rng_u64(&r));
+            uint16_t h[32];
+            _mm512_storeu_si512(h, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16),
+                                                               _mm512_loadu_ps(x)));
+            for (int i = 0; i < 32; i++) {
+                if (isnan(x[i])) continue;
+                ck_assert_msg(f2u(nn_round_bf16(x[i])) == (uint32_t)h[i] << 16,
+                              "%08x: %08x against the instruction's %04x", f2u(x[i]),
+                              f2u(nn_round_bf16(x[i])), h[i]);
+            }
+        }
+    }
+#endif
+}
+END_TEST
+
+/* A (rows x ld) filled with N(0,1), the padding past cols set to a marker. */
+static float *gemm_operand(int rows, int cols, int ld, uint64_t key) {
+    float *a = malloc((size_t)rows * ld * sizeof *a + 4);
+    ck_assert_ptr_nonnull(a);
+    fill_normal(a, (size_t)rows * ld, 1, key);
+    for (int i = 0; i < rows; i++)
+        for (int j = cols; j < ld; j++) a[(size_t)i * ld + j] = 1e30f;
+    return a;
+}
+
+/* Both engines against the product of the bf16-rounded inputs summed in double, over
+ * shapes with ragged edges (not multiples of 16 or 32), every transpose, padded leading
+ * dimensions, beta 0 (C holding NaN, which must not leak) and beta != 0. */
+START_TEST(test_gemm_bf16_engines_match_the_rounded_product) {
+    static const int shapes[][3] = {{1, 1, 1},    {5, 7, 3},     {17, 33, 31}, {32, 32, 32},
+                                    {33, 65, 97}, {64, 48, 600}, {100, 3, 70}, {3, 100, 1100}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int bz = 0; bz < 2; bz++)
+                    for (int engine = NN_ENGINE_BEST; engine <= NN_ENGINE_REF; engine++) {
+                        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                        int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+                        int lda = ac + 3, ldb = bc + 1, ldc = N + 2;
+                        uint64_t key = 100 * s + 10 * ta + tb;
+                        float *A = gemm_operand(ar, ac, lda, key), *B = gemm_operand(br, bc, ldb, key + 7);
+                        float *C = gemm_operand(M, N, ldc, key + 9);
+                        float *C0 = malloc((size_t)M * ldc * sizeof *C0);
+                        if (bz)
+                            for (int i = 0; i < M; i++)
+                                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = NAN;
+                        memcpy(C0, C, (size_t)M * ldc * sizeof *C);
+                        float alpha = 0.75f, beta = bz ? 0.0f : -1.5f;
+                        nn_gemm_bf16(engine, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                        for (int i = 0; i < M; i++)
+                            for (int j = 0; j < ldc; j++) {
+                                size_t q = (size_t)i * ldc + j;
+                                if (j >= N) { /* past N: untouched */
+                                    ck_assert_float_eq(C[q], C0[q]);
+                                    continue;
+                                }
+                                double sum = 0, mag = 0;
+                                for (int k = 0; k < K; k++) {
+                                    float a = ta ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k];
+                                    float b = tb ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j];
+                                    double p = (double)nn_round_bf16(a) * nn_round_bf16(b);
+                                    sum += p, mag += fabs(p);
+                                }
+                                double want = alpha * sum + (bz ? 0.0 : beta * C0[q]);
+                                double tol = 1e-6 * (fabs(alpha) * mag + (bz ? 0.0 : fabs(beta * C0[q]))) + 1e-30;
+                                ck_assert_msg(fabs(C[q] - want) <= tol,
+                                              "engine %d M%d N%d K%d ta%d tb%d beta %g: C[%d,%d] = "
+                                              "%.7g, want %.7g",
+                                              engine, M, N, K, ta, tb, beta, i, j, C[q], want);
+                            }
+                        free(A), free(B), free(C), free(C0);
+                    }
+}
+END_TEST
+
+/* The process mode routes nn_gemm; bf16 results differ from fp32 ones by the rounding
+ * only, and do not depend on the thread count (the split cuts blocks of C, never K). */
+START_TEST(test_matmul_mode_routes_nn_gemm_and_threads_do_not_change_bits) {
+    enum { M = 300, N = 200, K = 160 };
+    float *A = gemm_operand(M, K, K, 1), *B = gemm_operand(N, K, K, 2);
+    float *c32 = malloc(sizeof(float) * M * N), *c16 = malloc(sizeof(float) * M * N);
+    float *c16b = malloc(sizeof(float) * M * N), *direct = malloc(sizeof(float) * M * N);
+    ck_assert_int_eq(nn_get_matmul(), NN_MATMUL_FP32);
+    ck_assert_int_eq(nn_set_matmul(7), NN_ERR_CONFIG);
+    ck_assert_int_eq(nn_get_matmul(), NN_MATMUL_FP32);
+    nn_set_threads(1);
+    nn_gemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, c32, N);
+    ck_assert_int_eq(nn_set_matmul(NN_MATMUL_BF16), NN_OK);
+    nn_gemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, c16, N);
+    nn_set_threads(2);
+    nn_gemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, c16b, N);
+    nn_set_threads(1);
+    nn_set_matmul(NN_MATMUL_FP32);
+    nn_gemm_bf16(NN_ENGINE_BEST, 0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, direct, N);
+    ck_assert_int_eq(memcmp(c16, c16b, sizeof(float) * M * N), 0);
+    ck_assert_int_eq(memcmp(c16, direct, sizeof(float) * M * N), 0);
+    double diff = 0, norm = 0;
+    for (int i = 0; i < M * N; i++) diff += fabs(c16[i] - c32[i]), norm += fabs(c32[i]);
+    ck_assert_msg(diff > 1e-4 * norm && diff < 2e-2 * norm, "bf16 vs fp32: %g of %g", diff, norm);
+    const char *e = nn_matmul_engine();
+    ck_assert(strcmp(e, "amx") == 0 || strcmp(e, "ref") == 0);
+    free(A), free(B), free(c32), free(c16), free(c16b), free(direct);
 }
 END_TEST
 
@@ -944,6 +1095,9 @@ int main(void) {
         {"registry", test_registry_layout_is_contiguous_and_views_point_into_buffers},
         {"registry", test_registry_init_depends_only_on_seed_index_and_position},
         {"gemm", test_gemm_matches_naive_product_for_all_transposes},
+        {"bf16", test_round_bf16_is_nearest_even_like_the_hardware},
+        {"bf16", test_gemm_bf16_engines_match_the_rounded_product},
+        {"bf16", test_matmul_mode_routes_nn_gemm_and_threads_do_not_change_bits},
         {"embedding", test_embedding_gradient_touches_only_used_rows},
         {"linear", test_linear_dx_dW_db_match_finite_differences},
         {"relu", test_relu_backward_matches_finite_differences},

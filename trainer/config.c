@@ -35,6 +35,7 @@ const nn_key trainer_keys[] = {
     {"clip", "0", "clip the global gradient norm to this value (0: off)"},
     {"seed", "1", "seed of initialisation, shuffling, dropout and sampling"},
     {"threads", "0", "OpenBLAS threads per rank (0: OPENBLAS_NUM_THREADS, else cores / ranks on this node)"},
+    {"matmul", "fp32", "fp32|bf16: precision of matrix products (bf16: inputs rounded to bfloat16 and fp32 sums, as PyTorch's autocast, on AMX tiles where the CPU has them; parameters, gradients and optimizer state stay fp32)"},
     {"deterministic", "0", "bit-identical results on any rank count (fixed-point reduction)"},
     {"zero", "0", "0|1: 1 shards optimizer state over ranks (ZeRO stage 1)"},
     {"sparse-updates", "auto", "auto|1|0: models listing touched rows (skipgram) zero, clip and update only those (auto: with sgd; 1: also momentum/adam/adamw, lazily: untouched rows' state is not decayed)"},

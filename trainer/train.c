@@ -997,7 +997,7 @@ static int resolve_resume(run *r, char *path, size_t plen) {
 static int read_settings(run *r) {
     const nn_config *cfg = &r->cfg;
     long seed, steps, epochs, det, beam;
-    const char *order, *on_nan;
+    const char *order, *on_nan, *matmul;
     int rc;
     if ((rc = nn_config_int(cfg, "batch-size", 32, &r->batch_size)) < 0 ||
         (rc = nn_config_int(cfg, "micro-batch", 0, &r->micro)) < 0 ||
@@ -1016,6 +1016,7 @@ static int read_settings(run *r) {
         (rc = nn_config_float(cfg, "clip", 0, &r->clip)) < 0 ||
         (rc = nn_config_choice(cfg, "order", "shuffle", "shuffle|sequential|lanes", &order)) < 0 ||
         (rc = nn_config_choice(cfg, "on-nan", "stop", "stop|skip", &on_nan)) < 0 ||
+        (rc = nn_config_choice(cfg, "matmul", "fp32", "fp32|bf16", &matmul)) < 0 ||
         (rc = nn_config_bool(cfg, "bleu", 1, &r->bleu)) < 0 ||
         (rc = nn_config_int(cfg, "eval-beam", 1, &beam)) < 0 ||
         (rc = nn_config_float(cfg, "len-alpha", 0.6, &r->len_alpha)) < 0 ||
@@ -1063,6 +1064,7 @@ static int read_settings(run *r) {
     r->order = strcmp(order, "shuffle") == 0 ? ORDER_SHUFFLE
                : strcmp(order, "sequential") == 0 ? ORDER_SEQUENTIAL : ORDER_LANES;
     r->skip_nan = strcmp(on_nan, "skip") == 0;
+    nn_set_matmul(strcmp(matmul, "bf16") == 0 ? NN_MATMUL_BF16 : NN_MATMUL_FP32);
     r->out = nn_config_get(cfg, "out");
     if (r->micro == 0) {
         /* default: one micro-batch per rank; deterministic mode needs micro-batch
@@ -1142,10 +1144,11 @@ static int setup_sparse(run *r) {
 
 static void print_banner(run *r) {
     if (r->c->rank != 0) return;
-    printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, %s\n", r->ops->name,
+    printf("lockstep: model %s, %d rank%s x %d thread%s, %s, HDF5 %s, %s%s%s\n", r->ops->name,
            r->c->size, r->c->size == 1 ? "" : "s", nn_get_threads(),
            nn_get_threads() == 1 ? "" : "s", comm_mpi_version(), io_hdf5_version(),
-           nn_blas_version());
+           nn_blas_version(), nn_get_matmul() == NN_MATMUL_BF16 ? ", matmul bf16 on " : "",
+           nn_get_matmul() == NN_MATMUL_BF16 ? nn_matmul_engine() : "");
     printf("lockstep: %zu parameters (%.1f MiB), train %lld examples", r->model.params.total,
            (double)r->model.params.total * 4 / 1048576.0, (long long)r->data.train.n);
     if (r->data.has_valid) printf(", valid %lld", (long long)r->data.valid.n);
