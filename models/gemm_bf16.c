@@ -234,13 +234,27 @@ static void pack_b_block(const gemm_job *j, int nb, int kb) {
     store_block(dst, r);
 }
 
+/* Block i of an operand with nr row blocks of KB k blocks each, in the order that reads
+ * the source sequentially: along k when the source is k-contiguous (rows), else along the
+ * row blocks (each k block reads 32 source rows, 64 bytes at a time). */
+static void block_of(size_t i, int nr, int KB, int k_contig, int *r, int *k) {
+    if (k_contig) *r = (int)(i / (size_t)KB), *k = (int)(i % (size_t)KB);
+    else *k = (int)(i / (size_t)nr), *r = (int)(i % (size_t)nr);
+}
+
 static void pack_part(void *ctx, int part) {
     const gemm_job *j = ctx;
     size_t na = (size_t)2 * j->MS * j->KB, nb = (size_t)2 * j->NS * j->KB, i0, i1;
     nn_par_half(na + nb, part, 1, &i0, &i1);
     for (size_t i = i0; i < i1; i++) {
-        if (i < na) pack_a_block(j, (int)(i / j->KB), (int)(i % j->KB));
-        else pack_b_block(j, (int)((i - na) / j->KB), (int)((i - na) % j->KB));
+        int r, k;
+        if (i < na) {
+            block_of(i, 2 * j->MS, j->KB, !j->ta, &r, &k);
+            pack_a_block(j, r, k);
+        } else {
+            block_of(i - na, 2 * j->NS, j->KB, j->tb, &r, &k);
+            pack_b_block(j, r, k);
+        }
     }
 }
 
