@@ -608,12 +608,8 @@ void nn_transpose_add(float *dst, const float *src, int R, int K) {
 
 void nn_proj_forward(float *y, int ldy, const float *x, const float *w, const float *b, int N,
                      int C, int OC) {
-    float beta = 0.0f;
-    if (b) {
-        for (int i = 0; i < N; i++) memcpy(y + (size_t)i * ldy, b, (size_t)OC * sizeof *b);
-        beta = 1.0f;
-    }
-    nn_gemm(0, 1, N, OC, C, 1.0f, x, C, w, C, beta, y, ldy);
+    if (b) nn_gemm_bias(0, 1, N, OC, C, x, C, w, C, b, y, ldy);
+    else nn_gemm(0, 1, N, OC, C, 1.0f, x, C, w, C, 0.0f, y, ldy);
 }
 
 typedef struct colsum_job {

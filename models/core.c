@@ -377,6 +377,16 @@ void nn_gemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, i
                 M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
 }
 
+void nn_gemm_bias(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *Bm,
+                  int ldb, const float *bias, float *C, int ldc) {
+    if (nn_get_matmul() == NN_MATMUL_BF16) {
+        nn_gemm_bf16_bias(NN_ENGINE_BEST, ta, tb, M, N, K, A, lda, Bm, ldb, bias, C, ldc);
+        return;
+    }
+    for (int i = 0; i < M; i++) memcpy(C + (size_t)i * ldc, bias, (size_t)N * sizeof *C);
+    nn_gemm(ta, tb, M, N, K, 1.0f, A, lda, Bm, ldb, 1.0f, C, ldc);
+}
+
 void nn_set_threads(int n) {
     if (n < 1) n = 1;
     openblas_set_num_threads(n);

@@ -198,6 +198,7 @@ typedef struct gemm_job {
     float *C;
     bf16 *Ap, *Bp; /* Ap: (2 MS) x KB blocks of 16 rows x 32; Bp: (2 NS) x KB pair blocks */
     int split_m;   /* compute halves cut along M (else along N) */
+    const float *bias; /* NULL, or C = alpha op(A) op(B) + bias (N) on every row */
 } gemm_job;
 
 /* A block (row block mb, k block kb) of op(A) in tile layout. */
@@ -258,19 +259,25 @@ static void pack_part(void *ctx, int part) {
     }
 }
 
-/* acc (32x32, row stride 32) into C at strip (ms, ns): C = alpha acc + beta C on the first
- * K slice (C not read when beta is 0), C += alpha acc after it. */
+/* acc (32x32, row stride 32) into C at strip (ms, ns), for blocks the tiles cannot
+ * read and write directly: on the first K slice C = alpha acc + beta C (C not read when
+ * beta is 0) or C = alpha acc + bias; after it C += alpha acc. */
 static void add_block(const gemm_job *j, const float *acc, int ms, int ns, int first) {
     int m0 = 32 * ms, n0 = 32 * ns, rows = j->M - m0 < 32 ? j->M - m0 : 32;
     int cols = j->N - n0 < 32 ? j->N - n0 : 32;
     __mmask16 k0 = cols >= 16 ? 0xffff : (__mmask16)((1u << cols) - 1);
     __mmask16 k1 = cols >= 32 ? 0xffff : cols <= 16 ? 0 : (__mmask16)((1u << (cols - 16)) - 1);
     __m512 al = _mm512_set1_ps(j->alpha), be = _mm512_set1_ps(first ? j->beta : 1.0f);
-    int read = !(first && j->beta == 0.0f);
+    int read = !(first && (j->beta == 0.0f || j->bias));
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    if (first && j->bias) {
+        b0 = _mm512_maskz_loadu_ps(k0, j->bias + n0);
+        b1 = _mm512_maskz_loadu_ps(k1, j->bias + n0 + 16);
+    }
     for (int i = 0; i < rows; i++) {
         float *c = j->C + (size_t)(m0 + i) * j->ldc + n0;
-        __m512 v0 = _mm512_mul_ps(al, _mm512_load_ps(acc + 32 * i));
-        __m512 v1 = _mm512_mul_ps(al, _mm512_load_ps(acc + 32 * i + 16));
+        __m512 v0 = _mm512_fmadd_ps(al, _mm512_load_ps(acc + 32 * i), b0);
+        __m512 v1 = _mm512_fmadd_ps(al, _mm512_load_ps(acc + 32 * i + 16), b1);
         if (read) {
             v0 = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(k0, c), v0);
             v1 = _mm512_fmadd_ps(be, _mm512_maskz_loadu_ps(k1, c + 16), v1);
@@ -278,6 +285,59 @@ static void add_block(const gemm_job *j, const float *acc, int ms, int ns, int f
         _mm512_mask_storeu_ps(c, k0, v0);
         _mm512_mask_storeu_ps(c + 16, k1, v1);
     }
+}
+
+/* One 32 x 32 block of C over K blocks [kb0, kb1). Full blocks with alpha 1 keep C in the
+ * tiles: they start from C itself (after the first slice, or beta 1), from the bias
+ * repeated down the rows (a tile load with stride 0), or from zero, and are stored
+ * straight back. Other blocks go through acc and add_block. */
+static void block(const gemm_job *j, int ms, int ns, int kb0, int kb1, float *acc) {
+    const size_t blk = 512, KB = (size_t)j->KB;
+    const bf16 *a0 = j->Ap + (size_t)(2 * ms) * KB * blk, *a1 = a0 + KB * blk;
+    const bf16 *b0 = j->Bp + (size_t)(2 * ns) * KB * blk, *b1 = b0 + KB * blk;
+    int first = kb0 == 0;
+    int direct = j->alpha == 1.0f && 32 * ms + 32 <= j->M && 32 * ns + 32 <= j->N &&
+                 (j->bias || j->beta == 0.0f || j->beta == 1.0f);
+    float *c = j->C + (size_t)(32 * ms) * j->ldc + 32 * ns;
+    const size_t ldb = (size_t)j->ldc * sizeof(float); /* bytes between rows of C */
+    if (direct && (!first || (!j->bias && j->beta == 1.0f))) {
+        _tile_loadd(0, c, ldb);
+        _tile_loadd(1, c + 16, ldb);
+        _tile_loadd(2, c + 16 * (size_t)j->ldc, ldb);
+        _tile_loadd(3, c + 16 * (size_t)j->ldc + 16, ldb);
+    } else if (direct && j->bias) {
+        _tile_loadd(0, j->bias + 32 * ns, 0);
+        _tile_loadd(1, j->bias + 32 * ns + 16, 0);
+        _tile_loadd(2, j->bias + 32 * ns, 0);
+        _tile_loadd(3, j->bias + 32 * ns + 16, 0);
+    } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    }
+    for (int kb = kb0; kb < kb1; kb++) {
+        _tile_loadd(4, a0 + kb * blk, 64);
+        _tile_loadd(6, b0 + kb * blk, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, b1 + kb * blk, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_loadd(5, a1 + kb * blk, 64);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    if (direct) {
+        _tile_stored(0, c, ldb);
+        _tile_stored(1, c + 16, ldb);
+        _tile_stored(2, c + 16 * (size_t)j->ldc, ldb);
+        _tile_stored(3, c + 16 * (size_t)j->ldc + 16, ldb);
+        return;
+    }
+    _tile_stored(0, acc, 128);
+    _tile_stored(1, acc + 16, 128);
+    _tile_stored(2, acc + 16 * 32, 128);
+    _tile_stored(3, acc + 16 * 32 + 16, 128);
+    add_block(j, acc, ms, ns, first);
 }
 
 static void compute_part(void *ctx, int part) {
@@ -289,36 +349,12 @@ static void compute_part(void *ctx, int part) {
     if (ms0 >= ms1 || ns0 >= ns1) return;
     tiles_configure();
     float acc[32 * 32] __attribute__((aligned(64)));
-    const size_t blk = 512, KB = (size_t)j->KB;
     for (int kb0 = 0; kb0 < j->KB; kb0 += KSLICE) {
         int kb1 = kb0 + KSLICE < j->KB ? kb0 + KSLICE : j->KB;
         for (int g0 = ns0; g0 < ns1; g0 += NGROUP) {
             int g1 = g0 + NGROUP < ns1 ? g0 + NGROUP : ns1;
-            for (int ms = ms0; ms < ms1; ms++) {
-                const bf16 *a0 = j->Ap + (size_t)(2 * ms) * KB * blk, *a1 = a0 + KB * blk;
-                for (int ns = g0; ns < g1; ns++) {
-                    const bf16 *b0 = j->Bp + (size_t)(2 * ns) * KB * blk, *b1 = b0 + KB * blk;
-                    _tile_zero(0);
-                    _tile_zero(1);
-                    _tile_zero(2);
-                    _tile_zero(3);
-                    for (int kb = kb0; kb < kb1; kb++) {
-                        _tile_loadd(4, a0 + kb * blk, 64);
-                        _tile_loadd(6, b0 + kb * blk, 64);
-                        _tile_dpbf16ps(0, 4, 6);
-                        _tile_loadd(7, b1 + kb * blk, 64);
-                        _tile_dpbf16ps(1, 4, 7);
-                        _tile_loadd(5, a1 + kb * blk, 64);
-                        _tile_dpbf16ps(2, 5, 6);
-                        _tile_dpbf16ps(3, 5, 7);
-                    }
-                    _tile_stored(0, acc, 128);
-                    _tile_stored(1, acc + 16, 128);
-                    _tile_stored(2, acc + 16 * 32, 128);
-                    _tile_stored(3, acc + 16 * 32 + 16, 128);
-                    add_block(j, acc, ms, ns, kb0 == 0);
-                }
-            }
+            for (int ms = ms0; ms < ms1; ms++)
+                for (int ns = g0; ns < g1; ns++) block(j, ms, ns, kb0, kb1, acc);
         }
     }
     _tile_release();
@@ -339,9 +375,9 @@ static bf16 *pack_space(size_t elems) {
 }
 
 static int gemm_amx(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                    const float *B, int ldb, float beta, float *C, int ldc) {
+                    const float *B, int ldb, float beta, const float *bias, float *C, int ldc) {
     gemm_job j = {ta, tb, M, N, K, (K + 31) / 32, (M + 31) / 32, (N + 31) / 32, alpha, beta,
-                  A, B, lda, ldb, ldc, C, NULL, NULL, 0};
+                  A, B, lda, ldb, ldc, C, NULL, NULL, 0, bias};
     size_t na = (size_t)2 * j.MS * j.KB * 512, nb = (size_t)2 * j.NS * j.KB * 512;
     bf16 *buf = pack_space(na + nb);
     if (!buf) return 0;
@@ -362,9 +398,20 @@ const char *nn_matmul_engine(void) {
     return "ref";
 }
 
-void nn_gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                  int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+/* C = alpha op(A) op(B) + (bias ? bias on every row : beta C). */
+static void gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha,
+                      const float *A, int lda, const float *B, int ldb, float beta,
+                      const float *bias, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
+    if (bias) { /* the ref engine and K = 0 start from the bias rows */
+#if HAVE_AMX
+        if (K > 0 && engine == NN_ENGINE_BEST && amx_usable() &&
+            gemm_amx(ta, tb, M, N, K, alpha, A, lda, B, ldb, 0.0f, bias, C, ldc))
+            return;
+#endif
+        for (int i = 0; i < M; i++) memcpy(C + (size_t)i * ldc, bias, (size_t)N * sizeof *C);
+        beta = 1.0f;
+    }
     if (K <= 0) { /* no products: C = beta C */
         for (int i = 0; i < M; i++)
             for (int k = 0; k < N; k++) {
@@ -374,11 +421,21 @@ void nn_gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha, 
         return;
     }
 #if HAVE_AMX
-    if (engine == NN_ENGINE_BEST && amx_usable() &&
-        gemm_amx(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc))
+    if (!bias && engine == NN_ENGINE_BEST && amx_usable() &&
+        gemm_amx(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc))
         return;
 #else
     (void)engine;
 #endif
     gemm_ref(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+void nn_gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                  int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    gemm_bf16(engine, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, NULL, C, ldc);
+}
+
+void nn_gemm_bf16_bias(int engine, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                       const float *B, int ldb, const float *bias, float *C, int ldc) {
+    gemm_bf16(engine, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, bias, C, ldc);
 }

@@ -151,6 +151,12 @@ const char *nn_matmul_engine(void);
 enum { NN_ENGINE_BEST = 0, NN_ENGINE_REF = 1 };
 void nn_gemm_bf16(int engine, int ta, int tb, int M, int N, int K, float alpha, const float *A,
                   int lda, const float *Bm, int ldb, float beta, float *C, int ldc);
+/* C (M,N) = op(A) op(B) + bias, the bias (N) added to every row (C is not read). In
+ * bf16 on AMX the bias seeds the accumulators; else rows of bias, then a GEMM with beta 1. */
+void nn_gemm_bias(int ta, int tb, int M, int N, int K, const float *A, int lda, const float *Bm,
+                  int ldb, const float *bias, float *C, int ldc);
+void nn_gemm_bf16_bias(int engine, int ta, int tb, int M, int N, int K, const float *A, int lda,
+                       const float *Bm, int ldb, const float *bias, float *C, int ldc);
 /* x rounded to bfloat16 and back (nearest even; fp32 denormals to signed zero). */
 float nn_round_bf16(float x);
 void nn_set_threads(int n); /* OpenBLAS threads for this process */

@@ -370,29 +370,37 @@ static float *gemm_operand(int rows, int cols, int ld, uint64_t key) {
 }
 
 /* Both engines against the product of the bf16-rounded inputs summed in double, over
- * shapes with ragged edges (not multiples of 16 or 32), every transpose, padded leading
- * dimensions, beta 0 (C holding NaN, which must not leak) and beta != 0. */
+ * shapes with ragged edges (not multiples of 16 or 32) and whole 32 x 32 blocks over one
+ * and several K slices, every transpose, padded leading dimensions, and five ways to
+ * combine with C: alpha 0.75 with beta -1.5, alpha 0.75 / 1 with beta 0 (C holds NaN,
+ * which must not leak), alpha 1 with beta 1 (C read through the tiles), and a bias. */
 START_TEST(test_gemm_bf16_engines_match_the_rounded_product) {
-    static const int shapes[][3] = {{1, 1, 1},    {5, 7, 3},     {17, 33, 31}, {32, 32, 32},
-                                    {33, 65, 97}, {64, 48, 600}, {100, 3, 70}, {3, 100, 1100}};
+    static const int shapes[][3] = {{1, 1, 1},    {5, 7, 3},      {17, 33, 31}, {32, 32, 32},
+                                    {33, 65, 97}, {64, 48, 600},  {100, 3, 70}, {3, 100, 1100},
+                                    {64, 96, 1100}};
+    static const float alphas[5] = {0.75f, 0.75f, 1.0f, 1.0f, 1.0f};
+    static const float betas[5] = {-1.5f, 0.0f, 0.0f, 1.0f, 0.0f};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
-                for (int bz = 0; bz < 2; bz++)
+                for (int v = 0; v < 5; v++)
                     for (int engine = NN_ENGINE_BEST; engine <= NN_ENGINE_REF; engine++) {
                         int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
                         int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-                        int lda = ac + 3, ldb = bc + 1, ldc = N + 2;
+                        int lda = ac + 3, ldb = bc + 1, ldc = N + 2, bias = v == 4;
                         uint64_t key = 100 * s + 10 * ta + tb;
                         float *A = gemm_operand(ar, ac, lda, key), *B = gemm_operand(br, bc, ldb, key + 7);
-                        float *C = gemm_operand(M, N, ldc, key + 9);
+                        float *C = gemm_operand(M, N, ldc, key + 9), *bv = gemm_operand(1, N, N, key + 11);
                         float *C0 = malloc((size_t)M * ldc * sizeof *C0);
-                        if (bz)
+                        float alpha = alphas[v], beta = betas[v];
+                        if (beta == 0.0f)
                             for (int i = 0; i < M; i++)
                                 for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = NAN;
                         memcpy(C0, C, (size_t)M * ldc * sizeof *C);
-                        float alpha = 0.75f, beta = bz ? 0.0f : -1.5f;
-                        nn_gemm_bf16(engine, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+                        if (bias)
+                            nn_gemm_bf16_bias(engine, ta, tb, M, N, K, A, lda, B, ldb, bv, C, ldc);
+                        else
+                            nn_gemm_bf16(engine, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
                         for (int i = 0; i < M; i++)
                             for (int j = 0; j < ldc; j++) {
                                 size_t q = (size_t)i * ldc + j;
@@ -407,14 +415,15 @@ START_TEST(test_gemm_bf16_engines_match_the_rounded_product) {
                                     double p = (double)nn_round_bf16(a) * nn_round_bf16(b);
                                     sum += p, mag += fabs(p);
                                 }
-                                double want = alpha * sum + (bz ? 0.0 : beta * C0[q]);
-                                double tol = 1e-6 * (fabs(alpha) * mag + (bz ? 0.0 : fabs(beta * C0[q]))) + 1e-30;
+                                double add = bias ? bv[j] : beta == 0.0f ? 0.0 : beta * C0[q];
+                                double want = alpha * sum + add;
+                                double tol = 1e-6 * (fabs(alpha) * mag + fabs(add)) + 1e-30;
                                 ck_assert_msg(fabs(C[q] - want) <= tol,
-                                              "engine %d M%d N%d K%d ta%d tb%d beta %g: C[%d,%d] = "
+                                              "engine %d M%d N%d K%d ta%d tb%d variant %d: C[%d,%d] = "
                                               "%.7g, want %.7g",
-                                              engine, M, N, K, ta, tb, beta, i, j, C[q], want);
+                                              engine, M, N, K, ta, tb, v, i, j, C[q], want);
                             }
-                        free(A), free(B), free(C), free(C0);
+                        free(A), free(B), free(C), free(C0), free(bv);
                     }
 }
 END_TEST
