@@ -14,6 +14,7 @@
  * are combined in the same order, so results do not depend on the thread count. One split
  * runs at a time per process: a nested or concurrent one runs both halves in its caller. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "models/nn.h"
@@ -326,6 +327,7 @@ void nn_flayernorm_backward(float *dx, float *dg, float *db, const float *dy, co
 /* ---- softmax cross-entropy over the vocabulary --------------------------------------------- */
 
 typedef struct xent_job {
+    nn_bf16_pair *pack; /* or NULL: the gradient rows go here in bf16, not to dlogits */
     float *dlogits;
     const float *logits;
     const int32_t *targets;
@@ -337,8 +339,17 @@ typedef struct xent_job {
 static void xent_part(void *ctx, int part) {
     xent_job *jb = ctx;
     size_t i0, i1;
-    nn_par_half((size_t)jb->N, part, 1, &i0, &i1);
+    /* packed pairs of rows must not be split between threads (halves of the same words) */
+    nn_par_half((size_t)jb->N, part, jb->pack ? 32 : 1, &i0, &i1);
     float *dlogits = jb->dlogits;
+    static _Thread_local float *scratch; /* 32 gradient rows (in L2) before they are packed */
+    static _Thread_local int scratch_v;
+    if (jb->pack && scratch_v < jb->V) {
+        free(scratch);
+        scratch = aligned_alloc(64, (32 * (size_t)jb->V * sizeof *scratch + 63) / 64 * 64);
+        NN_ASSERT(scratch); /* 128 bytes per vocabulary entry */
+        scratch_v = jb->V;
+    }
     const float *logits = jb->logits;
     const int32_t *targets = jb->targets;
     const int V = jb->V, ignore_index = jb->ignore;
@@ -346,10 +357,14 @@ static void xent_part(void *ctx, int part) {
     double loss = 0.0, cnt = 0.0, hits = 0.0;
     for (int i = (int)i0; i < (int)i1; i++) {
         const float *row = logits + (size_t)i * V;
-        float *drow = dlogits ? dlogits + (size_t)i * V : NULL;
+        float *drow = jb->pack ? scratch + (size_t)(i % 32) * V
+                      : dlogits ? dlogits + (size_t)i * V : NULL;
         int tgt = targets[i];
+        /* packing: after each group of 32 rows, and after the last */
+        int flush = jb->pack && (i % 32 == 31 || i + 1 == (int)i1);
         if (tgt == ignore_index) {
             if (drow) memset(drow, 0, (size_t)V * sizeof *drow);
+            if (flush) nn_bf16_pair_put_rows(jb->pack, i / 32 * 32, i % 32 + 1, scratch, (size_t)V);
             continue;
         }
         NN_ASSERT(tgt >= 0 && tgt < V);
@@ -401,6 +416,7 @@ static void xent_part(void *ctx, int part) {
             for (j = 0; j + VL <= V; j += VL) vstore(drow + j, vload(drow + j) * va - vc);
             for (; j < V; j++) drow[j] = drow[j] * a - c;
             drow[tgt] -= grad_scale * (1.0f - eps);
+            if (flush) nn_bf16_pair_put_rows(jb->pack, i / 32 * 32, i % 32 + 1, scratch, (size_t)V);
         }
     }
     jb->loss[part] = loss, jb->cnt[part] = cnt, jb->hits[part] = hits;
@@ -409,7 +425,19 @@ static void xent_part(void *ctx, int part) {
 double nn_fxent_forward_backward(float *dlogits, const float *logits, const int32_t *targets,
                                  int N, int V, int ignore_index, float label_smoothing,
                                  float grad_scale, double *count, double *correct) {
-    xent_job j = {dlogits, logits, targets, N, V, ignore_index, correct != NULL,
+    xent_job j = {NULL, dlogits, logits, targets, N, V, ignore_index, correct != NULL,
+                  label_smoothing, grad_scale, {0, 0}, {0, 0}, {0, 0}};
+    nn_par_run(xent_part, &j, (size_t)N * V >= PAR_MIN);
+    if (count) *count += j.cnt[0] + j.cnt[1];
+    if (correct) *correct += j.hits[0] + j.hits[1];
+    return j.loss[0] + j.loss[1];
+}
+
+double nn_fxent_forward_backward_packed(nn_bf16_pair *dlogits, const float *logits,
+                                        const int32_t *targets, int N, int V, int ignore_index,
+                                        float label_smoothing, float grad_scale, double *count,
+                                        double *correct) {
+    xent_job j = {dlogits, NULL, logits, targets, N, V, ignore_index, correct != NULL,
                   label_smoothing, grad_scale, {0, 0}, {0, 0}, {0, 0}};
     nn_par_run(xent_part, &j, (size_t)N * V >= PAR_MIN);
     if (count) *count += j.cnt[0] + j.cnt[1];

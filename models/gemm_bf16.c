@@ -200,6 +200,7 @@ typedef struct gemm_job {
     bf16 *Ap, *Bp; /* Ap: (2 MS) x KB blocks of 16 rows x 32; Bp: (2 NS) x KB pair blocks */
     int split_m;   /* compute halves cut along M (else along N) */
     const float *bias; /* NULL, or C = alpha op(A) op(B) + bias (N) on every row */
+    int a_ready, b_ready; /* Ap / Bp were packed ahead (nn_bf16_pair): skip packing them */
 } gemm_job;
 
 /* A block (row block mb, k block kb) of op(A) in tile layout. */
@@ -250,6 +251,7 @@ static void pack_part(void *ctx, int part) {
     nn_par_half(na + nb, part, 1, &i0, &i1);
     for (size_t i = i0; i < i1; i++) {
         int r, k;
+        if (i < na ? j->a_ready : j->b_ready) continue;
         if (i < na) {
             block_of(i, 2 * j->MS, j->KB, !j->ta, &r, &k);
             pack_a_block(j, r, k);
@@ -375,22 +377,119 @@ static bf16 *pack_space(size_t elems) {
     return pack_buf;
 }
 
-static int gemm_amx(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-                    const float *B, int ldb, float beta, const float *bias, float *C, int ldc) {
+static int gemm_amx_pre(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                        int lda, const float *B, int ldb, float beta, const float *bias, float *C,
+                        int ldc, const bf16 *Apre, const bf16 *Bpre) {
     gemm_job j = {ta, tb, M, N, K, (K + 31) / 32, (M + 31) / 32, (N + 31) / 32, alpha, beta,
-                  A, B, lda, ldb, ldc, C, NULL, NULL, 0, bias};
-    size_t na = (size_t)2 * j.MS * j.KB * 512, nb = (size_t)2 * j.NS * j.KB * 512;
-    bf16 *buf = pack_space(na + nb);
-    if (!buf) return 0;
-    j.Ap = buf, j.Bp = buf + na;
+                  A, B, lda, ldb, ldc, C, NULL, NULL, 0, bias, Apre != NULL, Bpre != NULL};
+    size_t na = Apre ? 0 : (size_t)2 * j.MS * j.KB * 512;
+    size_t nb = Bpre ? 0 : (size_t)2 * j.NS * j.KB * 512;
+    bf16 *buf = na + nb ? pack_space(na + nb) : NULL;
+    if (na + nb && !buf) return 0;
+    j.Ap = Apre ? (bf16 *)Apre : buf, j.Bp = Bpre ? (bf16 *)Bpre : buf + na;
     j.split_m = j.MS >= j.NS;
     int big = (double)M * N * K >= 1 << 20; /* ~2 MFLOP: worth a thread handoff */
-    nn_par_run(pack_part, &j, big);
+    if (na + nb) nn_par_run(pack_part, &j, big);
     nn_par_run(compute_part, &j, big && (j.split_m ? j.MS : j.NS) >= 2);
     return 1;
 }
 
+static int gemm_amx(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, const float *bias, float *C, int ldc) {
+    return gemm_amx_pre(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, bias, C, ldc, NULL, NULL);
+}
+
+/* ---- a matrix packed once for two GEMMs (nn_bf16_pair) ------------------------------- */
+
+/* Rows [n0, n0 + nr) of X, nr <= 32 and n0 a multiple of 32, from src (row stride ld)
+ * into both layouts, one whole 1 KB block at a time: the two 16-row A blocks of every
+ * k block, and the k-pair block of every 16 columns (rows past nr read as zero). */
+static void pair_put_rows(nn_bf16_pair *x, int n0, int nr, const float *src, size_t ld) {
+    const int V = x->V, KBa = (V + 31) / 32, KBb = (x->N + 31) / 32, NB = 2 * ((V + 31) / 32);
+    __m512i r[16];
+    for (int h = 0; h < 2; h++) {
+        int rows = nr - 16 * h;
+        bf16 *a = x->rows_fmt + ((size_t)(n0 / 16 + h) * KBa) * 512;
+        for (int kb = 0; kb < KBa; kb++) {
+            if (rows <= 0) break; /* padding rows stay zero */
+            load_rows(r, src + (size_t)(16 * h) * ld + 32 * kb, ld, rows, V - 32 * kb);
+            store_block(a + (size_t)kb * 512, r);
+        }
+    }
+    bf16 *b = x->pairs_fmt + (size_t)(n0 / 32) * 512;
+    for (int nb = 0; nb < NB; nb++) {
+        int nc = V - 16 * nb;
+        if (nc <= 0) break; /* padding columns stay zero */
+        load_pairs(r, src + 16 * nb, ld, nr, nc);
+        store_block(b + (size_t)nb * KBb * 512, r);
+    }
+}
+
 #endif /* HAVE_AMX */
+
+int nn_bf16_pair_usable(void) {
+#if HAVE_AMX
+    return nn_get_matmul() == NN_MATMUL_BF16 && amx_usable();
+#else
+    return 0;
+#endif
+}
+
+int nn_bf16_pair_begin(nn_bf16_pair *x, int N, int V) {
+    size_t na = (size_t)2 * ((N + 31) / 32) * ((V + 31) / 32) * 512;
+    size_t nb = (size_t)2 * ((V + 31) / 32) * ((N + 31) / 32) * 512;
+    if (na + nb > x->cap) {
+        free(x->rows_fmt);
+        x->rows_fmt = nn_alloc_big((na + nb) * sizeof(uint16_t));
+        x->cap = x->rows_fmt ? na + nb : 0;
+        if (!x->rows_fmt) return NN_ERR_NOMEM;
+    }
+    x->pairs_fmt = x->rows_fmt + na;
+    /* padding rows (N up to a multiple of 32) and columns must read as zero: clear it all
+     * when the shape changes; put_row then rewrites rows [0, N) completely */
+    if (x->N != N || x->V != V) memset(x->rows_fmt, 0, (na + nb) * sizeof(uint16_t));
+    x->N = N, x->V = V;
+    return NN_OK;
+}
+
+void nn_bf16_pair_put_rows(nn_bf16_pair *x, int n0, int nr, const float *src, size_t ld) {
+    NN_ASSERT(n0 >= 0 && n0 % 32 == 0 && nr > 0 && nr <= 32 && n0 + nr <= x->N);
+#if HAVE_AMX
+    pair_put_rows(x, n0, nr, src, ld);
+#else
+    (void)src, (void)ld;
+    NN_ASSERT(!"nn_bf16_pair without AMX support");
+#endif
+}
+
+void nn_bf16_pair_free(nn_bf16_pair *x) {
+    if (!x) return;
+    free(x->rows_fmt);
+    memset(x, 0, sizeof *x);
+}
+
+void nn_gemm_bf16_xa(const nn_bf16_pair *x, int tb, int N, const float *B, int ldb, float alpha,
+                     float beta, float *C, int ldc) {
+#if HAVE_AMX
+    if (gemm_amx_pre(0, tb, x->N, N, x->V, alpha, NULL, x->V, B, ldb, beta, NULL, C, ldc,
+                     x->rows_fmt, NULL))
+        return;
+#endif
+    NN_ASSERT(!"nn_gemm_bf16_xa: no AMX or no memory");
+    (void)tb, (void)N, (void)B, (void)ldb, (void)alpha, (void)beta, (void)C, (void)ldc;
+}
+
+void nn_gemm_bf16_xb(int ta, int M, const float *A, int lda, const nn_bf16_pair *x, float alpha,
+                     float beta, float *C, int ldc) {
+#if HAVE_AMX
+    if (gemm_amx_pre(ta, 0, M, x->V, x->N, alpha, A, lda, NULL, x->V, beta, NULL, C, ldc, NULL,
+                     x->pairs_fmt))
+        return;
+#endif
+    NN_ASSERT(!"nn_gemm_bf16_xb: no AMX or no memory");
+    (void)ta, (void)M, (void)A, (void)lda, (void)alpha, (void)beta, (void)C, (void)ldc;
+}
+
 
 const char *nn_matmul_engine(void) {
 #if HAVE_AMX

@@ -641,6 +641,8 @@ typedef struct gpt {
     float *mem;          /* the one activation block */
     float *logits;       /* (N,V); overwritten by dlogits in training */
     float *dWT;          /* (C,V) output projection gradient, transposed */
+    nn_bf16_pair dpack;  /* bf16 mode on AMX: dlogits in tile layouts, straight from the
+                          * cross-entropy (the fp32 dlogits are never written) */
     float *kcache, *vcache; /* (L,Tmax,C) generation caches */
     float *probs;        /* (V) sampling scratch */
     step_buf sb;         /* generation scratch for Tmax rows */
@@ -650,6 +652,7 @@ static void gpt_free(nn_model *m) {
     gpt *g = m->impl;
     if (!g) return;
     free(g->mem);
+    nn_bf16_pair_free(&g->dpack);
     free(g->w.row_index);
     free(g->dec.blk);
     free(g);
@@ -759,15 +762,27 @@ static int gpt_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
     const float *hf = stack_forward(s, &g->w, b->x, b->B, b->T, NULL, NULL, 0, NULL, &f);
     const float *W = g->tie ? s->emb : g->head;
     project(g->logits, hf, W, N, s->C, g->V);
-    double cnt = 0.0, hits = 0.0;
-    double loss = nn_fxent_forward_backward(g->logits, g->logits, b->y, N, g->V, NN_PAD,
-                                            g->smoothing, grad_scale, &cnt, &hits);
+    double cnt = 0.0, hits = 0.0, loss;
+    /* bf16 on AMX: the gradient rows are packed for both GEMMs as they are made */
+    int packed = nn_bf16_pair_usable() && nn_bf16_pair_begin(&g->dpack, N, g->V) == NN_OK;
+    if (packed)
+        loss = nn_fxent_forward_backward_packed(&g->dpack, g->logits, b->y, N, g->V, NN_PAD,
+                                                g->smoothing, grad_scale, &cnt, &hits);
+    else
+        loss = nn_fxent_forward_backward(g->logits, g->logits, b->y, N, g->V, NN_PAD,
+                                         g->smoothing, grad_scale, &cnt, &hits);
     if (!isfinite(loss)) {
         nn_set_error("gpt: loss is not finite");
         return NN_ERR_NUMERIC;
     }
-    project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->dWT, g->logits, hf, W, N, s->C,
-                     g->V);
+    if (packed) { /* as project_backward, with dlogits taken from the packs */
+        nn_gemm_bf16_xb(1, s->C, hf, s->C, &g->dpack, 1.0f, 0.0f, g->dWT, g->V);
+        nn_transpose_add(g->tie ? s->demb : g->dhead, g->dWT, g->V, s->C);
+        nn_gemm_bf16_xa(&g->dpack, 0, s->C, W, s->C, 1.0f, 0.0f, g->w.dtmp, s->C);
+    } else {
+        project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->dWT, g->logits, hf, W, N,
+                         s->C, g->V);
+    }
     s->grad_hook = m; /* decoder-only: blocks finish in reverse registration order */
     stack_backward(s, &g->w, b->x, b->B, b->T, NULL, g->w.dtmp, NULL, NULL, 0, NULL);
     s->grad_hook = NULL;

@@ -157,6 +157,29 @@ void nn_gemm_bias(int ta, int tb, int M, int N, int K, const float *A, int lda, 
                   int ldb, const float *bias, float *C, int ldc);
 void nn_gemm_bf16_bias(int engine, int ta, int tb, int M, int N, int K, const float *A, int lda,
                        const float *Bm, int ldb, const float *bias, float *C, int ldc);
+/* A matrix X (N,V) converted to bf16 once, row by row, into both tile layouts the AMX
+ * engine takes it in: as the A operand of X op(B) (K = V) and as the B operand of
+ * op(A) X (K = N). For producers that make X one row at a time (the cross-entropy over
+ * the vocabulary) so that the two GEMMs that consume it skip reading and packing it.
+ * Only where nn_bf16_pair_usable() (bf16 mode on AMX). Zero the struct before first use;
+ * begin sizes it for (N,V) (NN_ERR_NOMEM), then every row [0,N) must be put once, in
+ * groups of 32 rows. */
+typedef struct nn_bf16_pair {
+    uint16_t *rows_fmt, *pairs_fmt;
+    int N, V;
+    size_t cap; /* elements allocated */
+} nn_bf16_pair;
+int nn_bf16_pair_usable(void);
+int nn_bf16_pair_begin(nn_bf16_pair *x, int N, int V);
+/* Rows [n0, n0 + nr) of X from src (row stride ld): n0 a multiple of 32, nr <= 32, and
+ * nr < 32 only for the last rows. */
+void nn_bf16_pair_put_rows(nn_bf16_pair *x, int n0, int nr, const float *src, size_t ld);
+void nn_bf16_pair_free(nn_bf16_pair *x); /* zero-safe, idempotent */
+/* C (x.N, N) = alpha X op(B) + beta C;  C (M, x.V) = alpha op(A) X + beta C. */
+void nn_gemm_bf16_xa(const nn_bf16_pair *x, int tb, int N, const float *Bm, int ldb, float alpha,
+                     float beta, float *C, int ldc);
+void nn_gemm_bf16_xb(int ta, int M, const float *A, int lda, const nn_bf16_pair *x, float alpha,
+                     float beta, float *C, int ldc);
 /* x rounded to bfloat16 and back (nearest even; fp32 denormals to signed zero). */
 float nn_round_bf16(float x);
 void nn_set_threads(int n); /* OpenBLAS threads for this process */

@@ -41,6 +41,14 @@ double nn_fxent_forward_backward(float *dlogits, const float *logits, const int3
                                  int N, int V, int ignore_index, float label_smoothing,
                                  float grad_scale, double *count, double *correct);
 
+/* The same, with the gradient rows written in bf16 into dlogits (nn_bf16_pair_begin'd for
+ * (N,V)) instead of fp32: for the two bf16 GEMMs of the output projection's backward.
+ * Rows are cut between threads at multiples of 32. */
+double nn_fxent_forward_backward_packed(nn_bf16_pair *dlogits, const float *logits,
+                                        const int32_t *targets, int N, int V, int ignore_index,
+                                        float label_smoothing, float grad_scale, double *count,
+                                        double *correct);
+
 /* ---- scaled dot-product attention -------------------------------------------------------- */
 /* Multi-head attention core over already projected q, k, v.
  * q (B,T,*) row stride ldq, k and v (B,S,*) strides ldk, ldv: head h of each is the

@@ -428,6 +428,41 @@ START_TEST(test_gemm_bf16_engines_match_the_rounded_product) {
 }
 END_TEST
 
+/* A matrix packed once, row groups at a time (nn_bf16_pair), gives the same bits in both
+ * GEMMs as packing it inside the GEMM; also after the pair was used for a larger shape. */
+START_TEST(test_bf16_pair_matches_packing_inside_the_gemm) {
+    nn_bf16_pair x = {0};
+    static const int shapes[][3] = {{96, 64, 40}, {70, 45, 33}, {5, 3, 17}}; /* N, V, other */
+    nn_set_matmul(NN_MATMUL_BF16);
+    if (!nn_bf16_pair_usable()) { /* no AMX here: models never use the pair */
+        nn_set_matmul(NN_MATMUL_FP32);
+        return;
+    }
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int N = shapes[s][0], V = shapes[s][1], D = shapes[s][2];
+        float *X = gemm_operand(N, V, V, 40 + s), *W = gemm_operand(V, D, D, 50 + s);
+        float *H = gemm_operand(N, D, D, 60 + s);
+        float *c1 = malloc(sizeof(float) * (size_t)N * (V > D ? V : D) * 2);
+        float *c2 = malloc(sizeof(float) * (size_t)N * (V > D ? V : D) * 2);
+        ck_assert_int_eq(nn_bf16_pair_begin(&x, N, V), NN_OK);
+        for (int n0 = 0; n0 < N; n0 += 32)
+            nn_bf16_pair_put_rows(&x, n0, N - n0 < 32 ? N - n0 : 32, X + (size_t)n0 * V, (size_t)V);
+        /* X W (N,D) */
+        nn_gemm_bf16_xa(&x, 0, D, W, D, 1.0f, 0.0f, c1, D);
+        nn_gemm_bf16(NN_ENGINE_BEST, 0, 0, N, D, V, 1.0f, X, V, W, D, 0.0f, c2, D);
+        ck_assert_int_eq(memcmp(c1, c2, sizeof(float) * (size_t)N * D), 0);
+        /* H^T X (D,V) */
+        nn_gemm_bf16_xb(1, D, H, D, &x, 1.0f, 0.0f, c1, V);
+        nn_gemm_bf16(NN_ENGINE_BEST, 1, 0, D, V, N, 1.0f, H, D, X, V, 0.0f, c2, V);
+        ck_assert_int_eq(memcmp(c1, c2, sizeof(float) * (size_t)D * V), 0);
+        free(X), free(W), free(H), free(c1), free(c2);
+    }
+    nn_set_matmul(NN_MATMUL_FP32);
+    nn_bf16_pair_free(&x);
+    nn_bf16_pair_free(&x);
+}
+END_TEST
+
 /* The process mode routes nn_gemm; bf16 results differ from fp32 ones by the rounding
  * only, and do not depend on the thread count (the split cuts blocks of C, never K). */
 START_TEST(test_matmul_mode_routes_nn_gemm_and_threads_do_not_change_bits) {
@@ -1107,6 +1142,7 @@ int main(void) {
         {"bf16", test_round_bf16_is_nearest_even_like_the_hardware},
         {"bf16", test_gemm_bf16_engines_match_the_rounded_product},
         {"bf16", test_matmul_mode_routes_nn_gemm_and_threads_do_not_change_bits},
+        {"bf16", test_bf16_pair_matches_packing_inside_the_gemm},
         {"embedding", test_embedding_gradient_touches_only_used_rows},
         {"linear", test_linear_dx_dW_db_match_finite_differences},
         {"relu", test_relu_backward_matches_finite_differences},
