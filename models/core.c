@@ -335,8 +335,15 @@ int nn_params_alloc(nn_params *ps, uint64_t seed) {
     return NN_OK;
 }
 
+static void zero_grad_part(void *ctx, int part) {
+    nn_params *ps = ctx;
+    size_t i0, i1;
+    nn_par_half(ps->total, part, 16, &i0, &i1);
+    memset(ps->grad + i0, 0, (i1 - i0) * sizeof(float));
+}
+
 void nn_params_zero_grad(nn_params *ps) {
-    if (ps->grad) memset(ps->grad, 0, ps->total * sizeof(float));
+    if (ps->grad) nn_par_run(zero_grad_part, ps, ps->total >= 65536);
 }
 
 int nn_params_find(const nn_params *ps, const char *name) {

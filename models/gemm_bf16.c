@@ -476,7 +476,7 @@ void nn_gemm_bf16_xa(const nn_bf16_pair *x, int tb, int N, const float *B, int l
         return;
 #endif
     NN_ASSERT(!"nn_gemm_bf16_xa: no AMX or no memory");
-    (void)tb, (void)N, (void)B, (void)ldb, (void)alpha, (void)beta, (void)C, (void)ldc;
+    (void)x, (void)tb, (void)N, (void)B, (void)ldb, (void)alpha, (void)beta, (void)C, (void)ldc;
 }
 
 void nn_gemm_bf16_xb(int ta, int M, const float *A, int lda, const nn_bf16_pair *x, float alpha,
@@ -487,7 +487,7 @@ void nn_gemm_bf16_xb(int ta, int M, const float *A, int lda, const nn_bf16_pair 
         return;
 #endif
     NN_ASSERT(!"nn_gemm_bf16_xb: no AMX or no memory");
-    (void)ta, (void)M, (void)A, (void)lda, (void)alpha, (void)beta, (void)C, (void)ldc;
+    (void)x, (void)ta, (void)M, (void)A, (void)lda, (void)alpha, (void)beta, (void)C, (void)ldc;
 }
 
 

@@ -183,6 +183,15 @@ void nn_gemm_bf16_xb(int ta, int M, const float *A, int lda, const nn_bf16_pair 
 /* x rounded to bfloat16 and back (nearest even; fp32 denormals to signed zero). */
 float nn_round_bf16(float x);
 void nn_set_threads(int n); /* OpenBLAS threads for this process */
+/* The two-way split of models/par.c, for any elementwise or reducing pass. Runs fn(ctx, 0)
+ * and fn(ctx, 1), concurrently (part 1 on one helper thread) when big, nn_get_threads()
+ * >= 2 and no other split is in flight, else one after the other in the caller; returns
+ * when both are done. The parts must not wait for each other. Callers cut [0, n) with
+ * nn_par_half (the cut rounded up to a multiple of align), so what each part computes,
+ * and any partial sums combined in part order, never depend on the thread count. */
+typedef void (*nn_par_fn)(void *ctx, int part);
+void nn_par_run(nn_par_fn fn, void *ctx, int big);
+void nn_par_half(size_t n, int part, size_t align, size_t *i0, size_t *i1);
 int nn_get_threads(void);
 /* "OpenBLAS 0.3.21 ..." as the library reports itself (static string). */
 const char *nn_blas_version(void);

@@ -13,8 +13,10 @@ export OMPI_MCA_rmaps_base_oversubscribe=1 OPENBLAS_NUM_THREADS=1 LOCKSTEP_PROGR
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 D=$HERE/data/desc_small
-ARGS=(train --model bow-classifier --data "$D/train.tsv" --dim 16 --min-count 1 --steps 800
-      --batch-size 16 --log-every 20 --threads 1 --seed 3 --ckpt-every 100)
+# 8000 steps of ~0.15 ms: long enough (about a second) that the signals below land mid-run
+ARGS=(train --model bow-classifier --data "$D/train.tsv" --dim 16 --min-count 1 --steps 8000
+      --batch-size 16 --log-every 20 --threads 1 --seed 3 --ckpt-every 1000)
+FINAL=ckpt_00008000.h5
 fails=0
 wait_for_log() { # file: until metrics.jsonl has a line (the run is in its loop)
     for _ in $(seq 1 600); do [ -s "$1" ] && return 0; sleep 0.05; done; return 1
@@ -37,7 +39,7 @@ else
     echo "FAIL SIGUSR1: exit $status, step '$step'"; tail -5 "$TMP/sig.log"; fails=$((fails+1))
 fi
 mpirun -np 2 "$LOCKSTEP" "${ARGS[@]}" --out "$TMP/sig" --resume auto > "$TMP/sig2.log" 2>&1
-if /usr/bin/python3 "$HERE/ckpt_compare.py" "$TMP/full/ckpt_00000800.h5" "$TMP/sig/ckpt_00000800.h5" --exact --optim > /dev/null; then
+if /usr/bin/python3 "$HERE/ckpt_compare.py" "$TMP/full/$FINAL" "$TMP/sig/$FINAL" --exact --optim > /dev/null; then
     echo "ok   resumed after SIGUSR1 = uninterrupted, bit for bit"
 else
     echo "FAIL resumed run differs"; fails=$((fails+1))
@@ -46,7 +48,8 @@ fi
 # 2. SIGKILL one rank mid-run
 mpirun -np 2 "$LOCKSTEP" "${ARGS[@]}" --out "$TMP/kill" > "$TMP/kill.log" 2>&1 &
 pid=$!
-for _ in $(seq 1 600); do ls "$TMP/kill"/ckpt_00000200.h5 > /dev/null 2>&1 && break; sleep 0.05; done
+# after the first checkpoint (polled every 10 ms: checkpoints are ~0.15 s apart)
+for _ in $(seq 1 3000); do compgen -G "$TMP/kill/ckpt_*.h5" > /dev/null && break; sleep 0.01; done
 victim=$(pgrep -f "lockstep train.*$TMP/kill" | tail -1)
 t0=$(date +%s%N)
 kill -KILL "$victim"
@@ -60,7 +63,7 @@ else
 fi
 mpirun -np 2 "$LOCKSTEP" "${ARGS[@]}" --out "$TMP/kill" --resume auto > "$TMP/kill2.log" 2>&1
 grep -o "resumed from .*" "$TMP/kill2.log" | head -1
-if /usr/bin/python3 "$HERE/ckpt_compare.py" "$TMP/full/ckpt_00000800.h5" "$TMP/kill/ckpt_00000800.h5" --exact --optim > /dev/null; then
+if /usr/bin/python3 "$HERE/ckpt_compare.py" "$TMP/full/$FINAL" "$TMP/kill/$FINAL" --exact --optim > /dev/null; then
     echo "ok   restart after SIGKILL reaches the uninterrupted parameters, bit for bit"
 else
     echo "FAIL restart after SIGKILL differs"; fails=$((fails+1))

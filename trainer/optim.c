@@ -156,19 +156,38 @@ static inline void upd_range_(const upd_ *k, float *restrict w, const float *res
     }
 }
 
-void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr) {
-    const upd_ k = upd_make_(o, step, lr);
+typedef struct optim_job_ {
+    const trainer_optim *o;
+    nn_params *ps;
+    upd_ k;
+    double lr;
+} optim_job_;
+
+/* Half of the slice this optimizer owns, tensor by tensor (the update is elementwise, so
+ * the cut changes nothing). */
+static void optim_part_(void *ctx, int part) {
+    const optim_job_ *j = ctx;
+    const trainer_optim *o = j->o;
+    nn_params *ps = j->ps;
+    size_t c0, c1;
+    nn_par_half(o->hi - o->lo, part, 16, &c0, &c1);
+    const size_t lo = o->lo + c0, hi = o->lo + c1;
     for (int t = 0; t < ps->n; t++) {
         const nn_param *p = &ps->p[t];
         if (p->frozen) continue;
-        /* the part of this tensor inside the slice this optimizer owns */
-        size_t a = p->offset > o->lo ? p->offset : o->lo;
-        size_t b = p->offset + p->size < o->hi ? p->offset + p->size : o->hi;
+        /* the part of this tensor inside [lo, hi) */
+        size_t a = p->offset > lo ? p->offset : lo;
+        size_t b = p->offset + p->size < hi ? p->offset + p->size : hi;
         if (a >= b) continue;
-        const float decay = p->decay ? (float)(lr * o->weight_decay) : 0.0f;
-        upd_range_(&k, ps->data + a, ps->grad + a, o->m ? o->m + (a - o->lo) : NULL,
+        const float decay = p->decay ? (float)(j->lr * o->weight_decay) : 0.0f;
+        upd_range_(&j->k, ps->data + a, ps->grad + a, o->m ? o->m + (a - o->lo) : NULL,
                    o->v ? o->v + (a - o->lo) : NULL, b - a, decay);
     }
+}
+
+void trainer_optim_step(trainer_optim *o, nn_params *ps, int64_t step, double lr) {
+    optim_job_ j = {o, ps, upd_make_(o, step, lr), lr};
+    nn_par_run(optim_part_, &j, o->hi - o->lo >= 65536);
 }
 
 void trainer_optim_step_sparse(trainer_optim *o, nn_params *ps, int64_t step, double lr,
@@ -207,17 +226,33 @@ int trainer_optim_slots(const trainer_optim *o, const char **names, float **bufs
     return k;
 }
 
-/* Eight partial sums (element lo + i goes to lane i mod 8), added pairwise at the end: a
- * fixed order for given lo and hi, and eight independent chains the compiler vectorises
- * (one chain of double adds ran at ~1 ns per element, latency-bound). */
-double trainer_grad_sumsq(const nn_params *ps, size_t lo, size_t hi) {
-    const float *g = ps->grad;
+typedef struct sumsq_job_ {
+    const float *g;
+    size_t lo, hi;
+    double sum[2];
+} sumsq_job_;
+
+/* Each half of [lo, hi) in eight partial sums (element lo + i goes to lane i mod 8),
+ * added pairwise: eight independent chains the compiler vectorises (one chain of double
+ * adds ran at ~1 ns per element, latency-bound). The halves are the same whatever the
+ * thread count, and are added in order. */
+static void sumsq_part_(void *ctx, int part) {
+    sumsq_job_ *j = ctx;
+    size_t c0, c1;
+    nn_par_half(j->hi - j->lo, part, 64, &c0, &c1);
+    const float *g = j->g;
     double acc[8] = {0};
-    size_t i = lo;
-    for (; i + 8 <= hi; i += 8)
+    size_t i = j->lo + c0, end = j->lo + c1;
+    for (; i + 8 <= end; i += 8)
         for (int k = 0; k < 8; k++) acc[k] += (double)g[i + k] * g[i + k];
-    for (int k = 0; i < hi; i++, k++) acc[k] += (double)g[i] * g[i];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (int k = 0; i < end; i++, k++) acc[k] += (double)g[i] * g[i];
+    j->sum[part] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+double trainer_grad_sumsq(const nn_params *ps, size_t lo, size_t hi) {
+    sumsq_job_ j = {ps->grad, lo, hi, {0, 0}};
+    nn_par_run(sumsq_part_, &j, hi - lo >= 65536);
+    return j.sum[0] + j.sum[1];
 }
 
 double trainer_grad_norm(const nn_params *ps) { return sqrt(trainer_grad_sumsq(ps, 0, ps->total)); }
