@@ -203,37 +203,22 @@ typedef struct gemm_job {
     int a_ready, b_ready; /* Ap / Bp were packed ahead (nn_bf16_pair): skip packing them */
 } gemm_job;
 
-/* A block (row block mb, k block kb) of op(A) in tile layout. */
-static void pack_a_block(const gemm_job *j, int mb, int kb) {
-    bf16 *dst = j->Ap + ((size_t)mb * j->KB + kb) * 512;
-    int m0 = 16 * mb, k0 = 32 * kb, nr = j->M - m0, nk = j->K - k0;
+/* Block (row block rb, k block kb) of an operand op(X) of R rows by K, into dst: in the
+ * A layout (16 rows x 32 k) or the pair layout (16 k-pairs x 16 columns) of B. k_contig:
+ * X stores op(X) with k contiguous (A untransposed, B transposed). Loading along k gives
+ * the A layout and loading pairs of rows gives the pair layout; the other one is a word
+ * transpose away. Rows past R and k past K are zero. */
+static void pack_block(bf16 *dst, const float *X, int ld, int k_contig, int R, int K, int rb,
+                       int kb, int pair_layout) {
+    int r0 = 16 * rb, k0 = 32 * kb, nr = R - r0, nk = K - k0;
     __m512i r[16];
     if (nr <= 0) {
         memset(dst, 0, 1024);
         return;
-    } else if (!j->ta) {
-        load_rows(r, j->A + (size_t)m0 * j->lda + k0, (size_t)j->lda, nr, nk);
-    } else { /* op(A)[m][k] = A[k][m]: pairs along k, then a word transpose */
-        load_pairs(r, j->A + (size_t)k0 * j->lda + m0, (size_t)j->lda, nk, nr);
-        transpose_words(r);
     }
-    store_block(dst, r);
-}
-
-/* A block (column block nb, k block kb) of op(B) in pair layout. */
-static void pack_b_block(const gemm_job *j, int nb, int kb) {
-    bf16 *dst = j->Bp + ((size_t)nb * j->KB + kb) * 512;
-    int n0 = 16 * nb, k0 = 32 * kb, nc = j->N - n0, nk = j->K - k0;
-    __m512i r[16];
-    if (nc <= 0) {
-        memset(dst, 0, 1024);
-        return;
-    } else if (!j->tb) {
-        load_pairs(r, j->B + (size_t)k0 * j->ldb + n0, (size_t)j->ldb, nk, nc);
-    } else { /* op(B)[k][n] = B[n][k]: rows along k, then a word transpose */
-        load_rows(r, j->B + (size_t)n0 * j->ldb + k0, (size_t)j->ldb, nc, nk);
-        transpose_words(r);
-    }
+    if (k_contig) load_rows(r, X + (size_t)r0 * ld + k0, (size_t)ld, nr, nk);
+    else load_pairs(r, X + (size_t)k0 * ld + r0, (size_t)ld, nk, nr);
+    if (k_contig == pair_layout) transpose_words(r);
     store_block(dst, r);
 }
 
@@ -254,10 +239,12 @@ static void pack_part(void *ctx, int part) {
         if (i < na ? j->a_ready : j->b_ready) continue;
         if (i < na) {
             block_of(i, 2 * j->MS, j->KB, !j->ta, &r, &k);
-            pack_a_block(j, r, k);
+            pack_block(j->Ap + ((size_t)r * j->KB + k) * 512, j->A, j->lda, !j->ta, j->M, j->K,
+                       r, k, 0);
         } else {
             block_of(i - na, 2 * j->NS, j->KB, j->tb, &r, &k);
-            pack_b_block(j, r, k);
+            pack_block(j->Bp + ((size_t)r * j->KB + k) * 512, j->B, j->ldb, j->tb, j->N, j->K,
+                       r, k, 1);
         }
     }
 }
