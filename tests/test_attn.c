@@ -994,8 +994,16 @@ static int dump_all(const char *root) {
     const char *e[] = {"layers", "1", "heads", "4", "dim", "16", "ff", "24", "context", "7",
                        "dropout", "0", "norm", "post", "pos", "learned", "tie", "0",
                        "activation", "gelu", "label-smoothing", "0", NULL};
-    return dump_model(root, "pre_gelu_learned_tied", a) ||
-           dump_model(root, "post_relu_sinusoidal_untied", b) ||
+    if (dump_model(root, "pre_gelu_learned_tied", a)) return -1;
+    /* the same model with bf16 matmuls (AMX where present, and the fused output layer) */
+    nn_set_matmul(NN_MATMUL_BF16);
+    int rc = dump_model(root, "bf16_pre_gelu_learned_tied", a);
+    nn_set_matmul(NN_MATMUL_FP32);
+    char path[1100];
+    snprintf(path, sizeof path, "%s/bf16_pre_gelu_learned_tied/config.txt", root);
+    FILE *f = rc ? NULL : fopen(path, "a");
+    if (!f || fprintf(f, "matmul=bf16\nengine=%s\n", nn_matmul_engine()) < 0 || fclose(f)) return -1;
+    return dump_model(root, "post_relu_sinusoidal_untied", b) ||
            dump_transformer(root, "transformer_pre_relu_sinusoidal_tied", c) ||
            dump_transformer(root, "transformer_post_gelu_learned_untied", e);
 }

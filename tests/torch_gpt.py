@@ -98,6 +98,77 @@ def block_mapping(b, p, m):
     m[p + "ffn/w2"], m[p + "ffn/b2"] = (b.fc2.weight, None), (b.fc2.bias, None)
 
 
+# ---- lockstep's --matmul bf16: every GEMM rounds its two inputs to bf16 (sums in fp32),
+# in the forward pass and in each product of the backward pass. Emulated here with the
+# module's own ops: linear, bmm and baddbmm (what nn.MultiheadAttention calls) and the
+# tied output layer are swapped for functions that round their inputs and whose backward
+# rounds the incoming gradient and the saved inputs the same way.
+
+def bf16(t):
+    return t.to(torch.bfloat16).to(torch.float32)
+
+
+_linear, _bmm, _baddbmm = F.linear, torch.bmm, torch.baddbmm
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_b = b is not None
+        return _linear(bf16(x), bf16(w), b)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        gx = (bf16(g2) @ bf16(w)).reshape(x.shape)
+        gw = bf16(g2).t() @ bf16(x2)
+        gb = g2.sum(0) if ctx.has_b else None  # lockstep sums the bias gradient in fp32
+        return gx, gw, gb
+
+
+class _Bmm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _bmm(bf16(a), bf16(b))
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        return _bmm(bf16(g), bf16(b).transpose(1, 2)), _bmm(bf16(a).transpose(1, 2), bf16(g))
+
+
+def _bf16_linear(x, w, b=None):
+    return _Linear.apply(x, w, b)
+
+
+def _bf16_baddbmm(m, a, b, *, beta=1, alpha=1):
+    assert beta == 1 and alpha == 1
+    return m + _Bmm.apply(a, b)
+
+
+class bf16_matmuls:
+    """with bf16_matmuls(): the module's matrix products as lockstep's --matmul bf16."""
+
+    def __enter__(self):
+        F.linear, torch.bmm, torch.baddbmm = _bf16_linear, _Bmm.apply, _bf16_baddbmm
+        MATMUL["bf16"] = True
+
+    def __exit__(self, *exc):
+        F.linear, torch.bmm, torch.baddbmm = _linear, _bmm, _baddbmm
+        MATMUL["bf16"] = False
+
+
+MATMUL = {"bf16": False}
+
+
+def out_proj(x, w):
+    """x @ w^T for the tied output layer (bf16 inside bf16_matmuls)."""
+    return _bf16_linear(x, w) if MATMUL["bf16"] else x @ w.t()
+
+
 def sinusoid_table(T, C):
     t = np.arange(T, dtype=np.float64)[:, None]
     i = np.arange(C)
@@ -153,7 +224,7 @@ class GPT(Loadable, nn.Module):
             x = b(x)
         if self.ln_f is not None:
             x = self.ln_f(x)
-        return x @ self.tok.weight.t() if self.tie else self.head(x)
+        return out_proj(x, self.tok.weight) if self.tie else self.head(x)
 
     def mapping(self):
         """lockstep name -> (PyTorch tensor, slice of rows or None)."""
@@ -252,7 +323,21 @@ def check_dir(d):
     torch.manual_seed(0)
     model = Transformer(cfg) if cfg.get("model") == "transformer" else GPT(cfg)
     model.load(weights)
-    logits = model(x, y) if cfg.get("model") == "transformer" else model(x)
+    # bf16: the same tolerances as fp32. (A product whose fp32 inputs differ in the last
+    # bit could round to neighbouring bf16 values 2^-8 apart; on this small model it does
+    # not happen, and the agreement is ~1e-7 against ~1e-2 between bf16 and fp32, which
+    # the script prints for comparison.)
+    is16 = cfg.get("matmul") == "bf16"
+    if is16:
+        with bf16_matmuls():
+            logits = model(x)
+        with torch.no_grad():
+            ref32 = model(x)
+        print("%s (engine %s): max |logits fp32 - bf16| in torch = %.2e" % (
+            os.path.basename(d), cfg.get("engine", "?"),
+            np.abs(ref32.numpy() - logits.detach().numpy()).max()))
+    else:
+        logits = model(x, y) if cfg.get("model") == "transformer" else model(x)
     ok = True
     dl = np.abs(logits.detach().numpy() - clogits).max()
     print("%s: max |logits C - torch| = %.2e" % (os.path.basename(d), dl))
