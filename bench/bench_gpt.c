@@ -40,7 +40,7 @@ static int cmp_double(const void *a, const void *b) {
 
 /* GEMM GFLOP/s (in the process's matmul precision) on a transformer-shaped product (the FFN's N x FF x C), best of a few
  * repetitions (30), with the current thread count. */
-static double sgemm_peak(int N, int C, int FF) {
+static double gemm_peak(int N, int C, int FF) {
     float *a = malloc((size_t)N * C * sizeof *a), *w = malloc((size_t)FF * C * sizeof *w);
     float *y = malloc((size_t)N * FF * sizeof *y);
     if (!a || !w || !y) return 0.0;
@@ -163,7 +163,7 @@ int main(int argc, char **argv) {
     /* FLOPs per token: 6 x (matmul parameters) + 12 L T C for attention (full T x T) */
     double mm = (double)L * (4.0 * C * C + 2.0 * C * FF) + (double)C * V;
     double flop_tok = 6.0 * mm + 12.0 * L * T * C;
-    double gpk = peak ? sgemm_peak(B * T, C, FF) : 0.0;
+    double gpk = peak ? gemm_peak(B * T, C, FF) : 0.0;
     double mfu = gpk > 0 ? tps * flop_tok * 1e-9 / gpk : 0.0;
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

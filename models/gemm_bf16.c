@@ -66,24 +66,33 @@ float nn_round_bf16(float x) {
     return x;
 }
 
-/* Copy of the rows x cols matrix at src (leading dimension ld) rounded to bf16. */
-static float *rounded_copy(const float *src, int rows, int cols, int ld) {
-    float *d = malloc((size_t)rows * cols * sizeof *d + 1);
-    if (!d) return NULL;
+/* Rounded copies of both operands, kept per thread and grown as needed (the training step
+ * does not allocate). */
+static _Thread_local float *ref_buf;
+static _Thread_local size_t ref_cap;
+
+/* The rows x cols matrix at src (leading dimension ld) rounded to bf16 into dst. */
+static void round_into(float *dst, const float *src, int rows, int cols, int ld) {
     for (int i = 0; i < rows; i++)
         for (int j = 0; j < cols; j++)
-            d[(size_t)i * cols + j] = nn_round_bf16(src[(size_t)i * ld + j]);
-    return d;
+            dst[(size_t)i * cols + j] = nn_round_bf16(src[(size_t)i * ld + j]);
 }
 
 static void gemm_ref(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
     int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-    float *a = rounded_copy(A, ar, ac, lda), *b = rounded_copy(B, br, bc, ldb);
-    NN_ASSERT(a && b); /* out of memory inside a GEMM: nothing sensible to return */
+    size_t na = (size_t)ar * ac, need = na + (size_t)br * bc;
+    if (need > ref_cap) {
+        free(ref_buf);
+        ref_buf = nn_alloc_big(need * sizeof *ref_buf);
+        ref_cap = ref_buf ? need : 0;
+    }
+    NN_ASSERT(ref_buf); /* out of memory inside a GEMM: nothing sensible to return */
+    float *a = ref_buf, *b = ref_buf + na;
+    round_into(a, A, ar, ac, lda);
+    round_into(b, B, br, bc, ldb);
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
                 M, N, K, alpha, a, ac, b, bc, beta, C, ldc);
-    free(a), free(b);
 }
 
 #if HAVE_AMX
