@@ -15,8 +15,11 @@
  *        two bf16 values is exact in fp32, so only the summation order differs from amx.
  *        Used where AMX is missing, and by the tests as the reference.
  *
- * Does not: keep packed weights between calls (every call packs both operands), or use
- * AMX for anything but bf16. LOCKSTEP_AMX=0 in the environment forces the ref engine. */
+ * A matrix made row by row can be packed once for two GEMMs as it is made (nn_bf16_pair:
+ * the gpt's cross-entropy gradient, read by both GEMMs of the output layer's backward).
+ *
+ * Does not: keep packed weights between calls (every call packs its other operands), or
+ * use AMX for anything but bf16. LOCKSTEP_AMX=0 in the environment forces the ref engine. */
 #include <cblas.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -442,7 +445,7 @@ int nn_bf16_pair_begin(nn_bf16_pair *x, int N, int V) {
     }
     x->pairs_fmt = x->rows_fmt + na;
     /* padding rows (N up to a multiple of 32) and columns must read as zero: clear it all
-     * when the shape changes; put_row then rewrites rows [0, N) completely */
+     * when the shape changes; put_rows then rewrites rows [0, N) completely */
     if (x->N != N || x->V != V) memset(x->rows_fmt, 0, (na + nb) * sizeof(uint16_t));
     x->N = N, x->V = V;
     return NN_OK;

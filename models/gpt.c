@@ -744,12 +744,16 @@ static void project(float *logits, const float *hf, const float *W, int N, int C
 
 /* Output projection backward from dlogits (N,V): dW += dlogits^T hf; dhf OVERWRITTEN.
  * dWT (C,V) is scratch: OpenBLAS runs hf^T dlogits (C,V) ~10% faster than the (V,C)
- * product at vocabulary sizes, and the transpose-add costs less than the difference. */
+ * product at vocabulary sizes, and the transpose-add costs less than the difference.
+ * dpack (bf16 on AMX) or NULL: dlogits already packed for both GEMMs (dlogits unused). */
 static void project_backward(float *dhf, float *dW, float *dWT, const float *dlogits,
-                             const float *hf, const float *W, int N, int C, int V) {
-    nn_gemm(1, 0, C, V, N, 1.0f, hf, C, dlogits, V, 0.0f, dWT, V);
+                             const nn_bf16_pair *dpack, const float *hf, const float *W, int N,
+                             int C, int V) {
+    if (dpack) nn_gemm_bf16_xb(1, C, hf, C, dpack, 1.0f, 0.0f, dWT, V);
+    else nn_gemm(1, 0, C, V, N, 1.0f, hf, C, dlogits, V, 0.0f, dWT, V);
     nn_transpose_add(dW, dWT, V, C);
-    nn_gemm(0, 0, N, C, V, 1.0f, dlogits, V, W, C, 0.0f, dhf, C);
+    if (dpack) nn_gemm_bf16_xa(dpack, 0, C, W, C, 1.0f, 0.0f, dhf, C);
+    else nn_gemm(0, 0, N, C, V, 1.0f, dlogits, V, W, C, 0.0f, dhf, C);
 }
 
 static int gpt_forward_backward(nn_model *m, const nn_batch *b, float grad_scale, nn_stats *st) {
@@ -775,14 +779,8 @@ static int gpt_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
         nn_set_error("gpt: loss is not finite");
         return NN_ERR_NUMERIC;
     }
-    if (packed) { /* as project_backward, with dlogits taken from the packs */
-        nn_gemm_bf16_xb(1, s->C, hf, s->C, &g->dpack, 1.0f, 0.0f, g->dWT, g->V);
-        nn_transpose_add(g->tie ? s->demb : g->dhead, g->dWT, g->V, s->C);
-        nn_gemm_bf16_xa(&g->dpack, 0, s->C, W, s->C, 1.0f, 0.0f, g->w.dtmp, s->C);
-    } else {
-        project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->dWT, g->logits, hf, W, N,
-                         s->C, g->V);
-    }
+    project_backward(g->w.dtmp, g->tie ? s->demb : g->dhead, g->dWT, g->logits,
+                     packed ? &g->dpack : NULL, hf, W, N, s->C, g->V);
     s->grad_hook = m; /* decoder-only: blocks finish in reverse registration order */
     stack_backward(s, &g->w, b->x, b->B, b->T, NULL, g->w.dtmp, NULL, NULL, 0, NULL);
     s->grad_hook = NULL;
@@ -1062,8 +1060,8 @@ static int xfm_forward_backward(nn_model *m, const nn_batch *b, float grad_scale
         return NN_ERR_NUMERIC;
     }
     const float *W = x->tie ? x->dec.emb : x->head;
-    project_backward(x->w.dtmp, x->tie ? x->dec.demb : x->dhead, x->dWT, x->logits, hf, W, N, C,
-                     x->Vt);
+    project_backward(x->w.dtmp, x->tie ? x->dec.demb : x->dhead, x->dWT, x->logits, NULL, hf, W,
+                     N, C, x->Vt);
     memset(x->dmem, 0, (size_t)b->B * b->T * C * sizeof *x->dmem);
     /* encoder then decoder are registered, and backward runs the decoder blocks from the
      * top, then the encoder blocks from the top: each finished block and everything
